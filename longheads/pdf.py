@@ -1,0 +1,323 @@
+"""Reads a PDF's text layer into one string with a page map, so a selected chunk can be shown as "page 37".
+
+`read_pdf` returns a whole `PDFDocument` or raises a `PDFError`: never a document with pages missing.
+The document's `text` is what goes into the prompt; `page_at` / `pages_for_trace` map character spans of
+that text (and so the chunks of a selection trace) back to pages.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from longheads.errors import ContextTooLongError, LongHeadsError
+
+__all__ = [
+    "PDFError",
+    "PDFNotFoundError",
+    "EmptyPDFError",
+    "CorruptPDFError",
+    "EncryptedPDFError",
+    "WrongPasswordError",
+    "NoTextLayerError",
+    "PDFPage",
+    "PDFDocument",
+    "PageHit",
+    "read_pdf",
+    "PAGE_SEPARATOR",
+]
+
+PDFSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
+
+# Pages are joined with a blank line: it reads as a paragraph break to the model and keeps page
+# boundaries out of any word, so a character offset always belongs to exactly one page (or the gap).
+PAGE_SEPARATOR = "\n\n"
+
+
+class PDFError(LongHeadsError):
+    """The PDF could not be read into text. The message says why and what to do."""
+
+
+class PDFNotFoundError(PDFError, FileNotFoundError):
+    """The path does not exist or is not a file."""
+
+
+class EmptyPDFError(PDFError, ValueError):
+    """The file is empty (0 bytes) or the PDF has no pages."""
+
+
+class CorruptPDFError(PDFError, ValueError):
+    """The bytes are not a readable PDF (damaged, truncated, or not a PDF at all)."""
+
+
+class EncryptedPDFError(PDFError, PermissionError):
+    """The PDF is encrypted and no password was given."""
+
+
+class WrongPasswordError(EncryptedPDFError):
+    """The PDF is encrypted and the given password does not open it."""
+
+
+class NoTextLayerError(PDFError, ValueError):
+    """No page has a text layer (typically a scanned document)."""
+
+
+@dataclass(frozen=True)
+class PDFPage:
+    """One page: its text and where that text sits in `PDFDocument.text`."""
+
+    index: int  # 0-based position in the file
+    label: str  # the label the viewer shows ("iv", "37", "A-2"); the 1-based number when the PDF has none
+    text: str
+    start: int  # character offset of the page's text in PDFDocument.text
+    end: int  # exclusive
+
+    @property
+    def number(self) -> int:
+        """1-based page number, as a person counts pages."""
+        return self.index + 1
+
+
+@dataclass(frozen=True)
+class PageHit:
+    """A page and how strongly a selection trace pointed at it."""
+
+    page: PDFPage
+    count: int  # (step, layer, head) selections of chunks that fall on this page
+    chunks: tuple[int, ...]  # chunk ids of the trace that fall on this page
+
+
+class _Trace(Protocol):
+    prompt_text: str
+    chunk_char_spans: Sequence[tuple[int, int]]
+
+    def chunk_counts(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PDFDocument:
+    """The text of every page of a PDF, joined with `PAGE_SEPARATOR`, and the page of every character."""
+
+    pages: tuple[PDFPage, ...]
+    text: str
+    name: str | None = None  # file name, for messages and metadata
+    metadata: dict[str, str] = field(default_factory=dict)  # the PDF's info dictionary (title, author, ...)
+
+    @property
+    def num_pages(self) -> int:
+        return len(self.pages)
+
+    @property
+    def empty_pages(self) -> list[int]:
+        """1-based numbers of pages without text (images, blank pages) in an otherwise readable PDF."""
+        return [p.number for p in self.pages if not p.text]
+
+    @property
+    def title(self) -> str | None:
+        return self.metadata.get("title") or None
+
+    def page_at(self, offset: int) -> PDFPage:
+        """The page holding character `offset` of `text`; an offset in the gap between pages goes to the page
+        before it."""
+        if not 0 <= offset < max(len(self.text), 1):
+            raise IndexError(f"offset {offset} is outside the document text (0..{len(self.text)})")
+        lo, hi = 0, len(self.pages) - 1
+        while lo < hi:  # binary search: last page whose start <= offset
+            mid = (lo + hi + 1) // 2
+            if self.pages[mid].start <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self.pages[lo]
+
+    def pages_in_span(self, start: int, end: int) -> list[PDFPage]:
+        """Every page whose text overlaps the character span [start, end) of `text`."""
+        start, end = max(start, 0), min(end, len(self.text))
+        if end <= start:
+            return []
+        first, last = self.page_at(start), self.page_at(end - 1)
+        return list(self.pages[first.index : last.index + 1])
+
+    def page_for_span(self, start: int, end: int) -> PDFPage | None:
+        """The page that holds most of the span [start, end) of `text`, or None if the span is outside it."""
+        best, best_overlap = None, 0
+        for page in self.pages_in_span(start, end):
+            overlap = min(end, page.end) - max(start, page.start)
+            if overlap > best_overlap:
+                best, best_overlap = page, overlap
+        return best
+
+    def locate(self, prompt_text: str) -> int:
+        """Character offset of this document's text inside a rendered prompt (chat template and question
+        around it). Raises ValueError if the prompt does not contain the whole document."""
+        at = prompt_text.find(self.text)
+        if at < 0:
+            raise ValueError(
+                f"the prompt does not contain the text of {self.name or 'this PDF'}; "
+                "pass the document's text unchanged (PDFDocument.text) into the prompt"
+            )
+        return at
+
+    def chunk_pages(self, trace: _Trace) -> list[PDFPage | None]:
+        """The page of every chunk of a selection trace (None for chunks outside the document, such as the
+        chat template or the question)."""
+        base = self.locate(trace.prompt_text)
+        return [self.page_for_span(s - base, e - base) for s, e in trace.chunk_char_spans]
+
+    def pages_for_trace(self, trace: _Trace, k: int = 3) -> list[PageHit]:
+        """The `k` pages the model's heads selected most while answering, best first."""
+        counts = [int(c) for c in trace.chunk_counts().tolist()]
+        hits: dict[int, tuple[int, list[int]]] = {}
+        for chunk, page in enumerate(self.chunk_pages(trace)):
+            if page is None or chunk >= len(counts) or counts[chunk] == 0:
+                continue
+            total, chunks = hits.get(page.index, (0, []))
+            hits[page.index] = (total + counts[chunk], [*chunks, chunk])
+        ranked = sorted(hits.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [PageHit(self.pages[i], total, tuple(chunks)) for i, (total, chunks) in ranked[:k]]
+
+    def check_fits(self, n_tokens: int, max_context: int, reserve: int = 0) -> None:
+        """Raise ContextTooLongError unless `n_tokens` of this document plus `reserve` tokens (question, chat
+        template, answer) fit in `max_context`."""
+        if n_tokens + reserve > max_context:
+            what = f"PDF {self.name!r}" if self.name else "PDF"
+            what += f" ({self.num_pages} pages)"
+            if reserve:
+                what += f" plus {reserve:,} tokens reserved for the question and answer"
+            raise ContextTooLongError(n_tokens + reserve, max_context, what=what)
+
+
+def read_pdf(
+    source: PDFSource, *, password: str | bytes | None = None, name: str | None = None
+) -> PDFDocument:
+    """Read the text layer of every page of a PDF.
+
+    `source` is a path, the file's bytes, or a binary file object (read to its end). `password` opens an
+    encrypted PDF. Raises a PDFError subclass that says what is wrong; never returns part of a document.
+    """
+    data, name = _read_bytes(source, name)
+    label = repr(name) if name else "The file"
+    if not data:
+        raise EmptyPDFError(f"{label} is empty (0 bytes).")
+
+    # Imported here so `import longheads` does not pay for pypdf when no PDF is read.
+    import pypdf
+    from pypdf import errors as pdf_errors
+
+    # pypdf logs every recovered oddity of slightly malformed files as a warning; those files still read,
+    # and the noise would drown the messages that matter.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            _decrypt(reader, password, label)
+        n_pages = len(reader.pages)
+    except PDFError:
+        raise
+    except pdf_errors.DependencyError as e:
+        # AES-encrypted PDFs (the default of current writers) need the `cryptography` package.
+        raise EncryptedPDFError(
+            f"{label} is AES-encrypted and reading it needs the 'cryptography' package: "
+            f"pip install 'pypdf[crypto]' ({e})"
+        ) from e
+    except pdf_errors.EmptyFileError as e:
+        raise EmptyPDFError(f"{label} is empty (0 bytes).") from e
+    except Exception as e:  # pypdf raises many types (PdfReadError, ValueError, KeyError...) on damage
+        raise CorruptPDFError(f"{label} is not a readable PDF (damaged or not a PDF at all): {e}") from e
+    if n_pages == 0:
+        raise EmptyPDFError(f"{label} has no pages.")
+
+    try:
+        labels = list(reader.page_labels)
+    except Exception:
+        labels = []  # a broken /PageLabels tree should not cost the text: fall back to numbers
+    if len(labels) != n_pages:
+        labels = [str(i + 1) for i in range(n_pages)]
+
+    texts: list[str] = []
+    for i in range(n_pages):
+        try:
+            texts.append(_clean(reader.pages[i].extract_text()))
+        except Exception as e:
+            raise CorruptPDFError(f"{label} is damaged: page {i + 1} of {n_pages} cannot be read: {e}") from e
+
+    if not any(_has_text(t) for t in texts):
+        raise NoTextLayerError(
+            f"{label} has no text: none of its {n_pages} page(s) has a text layer. It is probably scanned "
+            "images; run OCR on it first (for example with ocrmypdf), OCR is out of scope here."
+        )
+
+    pages: list[PDFPage] = []
+    offset = 0
+    for i, (text, page_label) in enumerate(zip(texts, labels, strict=True)):
+        if i:
+            offset += len(PAGE_SEPARATOR)
+        pages.append(PDFPage(index=i, label=page_label, text=text, start=offset, end=offset + len(text)))
+        offset += len(text)
+    return PDFDocument(
+        pages=tuple(pages), text=PAGE_SEPARATOR.join(texts), name=name, metadata=_info(reader)
+    )
+
+
+def _read_bytes(source: PDFSource, name: str | None) -> tuple[bytes, str | None]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), name
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            what = "is a directory, not a PDF file" if path.is_dir() else "does not exist"
+            raise PDFNotFoundError(f"{str(path)!r} {what}.")
+        return path.read_bytes(), name or path.name
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("read_pdf needs a file opened in binary mode ('rb'), got one that returns text")
+        # Upload widgets (streamlit's UploadedFile) and open files carry the file's name; paths are trimmed
+        # to the name so metadata does not leak local directories.
+        given = getattr(source, "name", None)
+        return bytes(data), name or (os.path.basename(given) if isinstance(given, str) else None)
+    raise TypeError(f"read_pdf takes a path, bytes or a binary file object, not {type(source).__name__}")
+
+
+def _decrypt(reader: Any, password: str | bytes | None, label: str) -> None:
+    from pypdf import PasswordType
+
+    if password is None:
+        # Many PDFs are encrypted only to restrict printing or copying, with an empty user password:
+        # those open without asking.
+        if reader.decrypt("") != PasswordType.NOT_DECRYPTED:
+            return
+        raise EncryptedPDFError(f"{label} is encrypted: pass its password (read_pdf(..., password=...)).")
+    if reader.decrypt(password) == PasswordType.NOT_DECRYPTED:
+        raise WrongPasswordError(f"{label} is encrypted and the password given does not open it.")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+
+
+def _clean(text: str | None) -> str:
+    # Control characters (NULs from odd font encodings, form feeds) mean nothing to a tokenizer and can
+    # break chat templates; trailing spaces only cost tokens.
+    text = _CONTROL.sub("", text or "")
+    return _TRAILING_SPACE.sub("\n", text).strip()
+
+
+def _has_text(text: str) -> bool:
+    # Whitespace or punctuation alone is what invisible scan overlays and empty text objects yield.
+    return any(ch.isalnum() for ch in text)
+
+
+def _info(reader: Any) -> dict[str, str]:
+    try:
+        info = reader.metadata or {}
+        return {str(k).lstrip("/").lower(): str(v) for k, v in info.items() if v is not None}
+    except Exception:
+        return {}  # broken info dictionaries are common and never worth refusing a readable document
