@@ -89,8 +89,8 @@ class PageHit:
     """A page and how strongly a selection trace pointed at it."""
 
     page: PDFPage
-    count: int  # (step, layer, head) selections of chunks that fall on this page
-    chunks: tuple[int, ...]  # chunk ids of the trace that fall on this page
+    count: int  # (step, layer, head) selections of the page's chunks, always-kept chunks left out
+    chunks: tuple[int, ...]  # the page's selected chunks, most selected first
 
 
 class _Trace(Protocol):
@@ -98,6 +98,8 @@ class _Trace(Protocol):
     chunk_char_spans: Sequence[tuple[int, int]]
 
     def chunk_counts(self) -> Any: ...
+
+    def top_chunks(self, k: int) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -171,16 +173,24 @@ class PDFDocument:
         return [self.page_for_span(s - base, e - base) for s, e in trace.chunk_char_spans]
 
     def pages_for_trace(self, trace: _Trace, k: int = 3) -> list[PageHit]:
-        """The `k` pages the model's heads selected most while answering, best first."""
+        """The `k` pages the model's heads chose to read while answering, best first.
+
+        Pages are ranked by their most selected chunk, as `trace.top_chunks` ranks chunks: the first chunks
+        and those next to the question are read by every head by rule and say nothing, so they are left out.
+        """
         counts = [int(c) for c in trace.chunk_counts().tolist()]
-        hits: dict[int, tuple[int, list[int]]] = {}
-        for chunk, page in enumerate(self.chunk_pages(trace)):
-            if page is None or chunk >= len(counts) or counts[chunk] == 0:
+        pages = self.chunk_pages(trace)
+        order: list[int] = []
+        hits: dict[int, list[int]] = {}
+        for chunk in trace.top_chunks(len(counts)):
+            page = pages[chunk] if chunk < len(pages) else None
+            if page is None:
                 continue
-            total, chunks = hits.get(page.index, (0, []))
-            hits[page.index] = (total + counts[chunk], [*chunks, chunk])
-        ranked = sorted(hits.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        return [PageHit(self.pages[i], total, tuple(chunks)) for i, (total, chunks) in ranked[:k]]
+            if page.index not in hits:
+                order.append(page.index)
+                hits[page.index] = []
+            hits[page.index].append(chunk)
+        return [PageHit(self.pages[i], sum(counts[c] for c in hits[i]), tuple(hits[i])) for i in order[:k]]
 
     def check_fits(self, n_tokens: int, max_context: int, reserve: int = 0) -> None:
         """Raise ContextTooLongError unless `n_tokens` of this document plus `reserve` tokens (question, chat
@@ -261,9 +271,7 @@ def read_pdf(
             offset += len(PAGE_SEPARATOR)
         pages.append(PDFPage(index=i, label=page_label, text=text, start=offset, end=offset + len(text)))
         offset += len(text)
-    return PDFDocument(
-        pages=tuple(pages), text=PAGE_SEPARATOR.join(texts), name=name, metadata=_info(reader)
-    )
+    return PDFDocument(pages=tuple(pages), text=PAGE_SEPARATOR.join(texts), name=name, metadata=_info(reader))
 
 
 def _read_bytes(source: PDFSource, name: str | None) -> tuple[bytes, str | None]:
