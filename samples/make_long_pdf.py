@@ -189,7 +189,8 @@ PATTERNS = [
     "Children from the almshouses were often seen at {place}, where "
     "{person} paid them a penny to carry messages.",
     "It is recorded that {person} walked from {place} to {place2} every morning, whatever the weather.",
-    "{person_c} and {person2} quarrelled {season} over {thing}, though they were friends again within the month.",
+    "{person_c} and {person2} quarrelled {season} over {thing}, "
+    "though they were friends again within the month.",
     "The road between {place} and {place2} was widened {season}, {feeling}.",
     "Visitors from the county town found {place} smaller than they "
     "had been told, and {person} agreed that it was a quiet corner.",
