@@ -23,7 +23,7 @@ from longheads.pdf import NoTextLayerError, PDFError, read_pdf
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "eddystone.pdf"
 
 # Short answers keep the CPU time of the suites modest; every standard test only needs some text back.
-FAST = {"max_tokens": 16}
+FAST = {"max_tokens": 8}
 
 
 class TestChatLongHeadsUnit(ChatModelUnitTests):

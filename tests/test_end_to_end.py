@@ -1,0 +1,91 @@
+"""End to end on CPU with the embedded model: a generated PDF twice the model's trained length, with facts
+at its beginning, middle and end, asked through both integrations in one prompt each, no retriever.
+
+Checks that the answers hold the facts, that the heads' selection trace points at each fact's page, and
+that later questions reuse the document's encoding (their times are printed: run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_longheads import ChatLongHeads
+from llama_index.llms.longheads import LongHeads, WholeDocumentQueryEngine
+
+from longheads.pdf import PDFDocument, read_pdf
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+sys.path.insert(0, str(SAMPLES))
+from ask_pdf_langchain import PROMPT, SYSTEM  # noqa: E402
+from make_long_pdf import Fact, make_long_pdf  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# SmolLM2-135M was trained on 8k tokens; the document must be well beyond that for the test to mean anything.
+MIN_TOKENS = 16_384
+
+
+class Book:
+    def __init__(self, pdf: PDFDocument, facts: list[Fact], n_tokens: int) -> None:
+        self.pdf, self.facts, self.n_tokens = pdf, facts, n_tokens
+        self.times: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def book(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Book:
+    path = tmp_path_factory.mktemp("e2e") / "chronicle.pdf"
+    facts = make_long_pdf(path, tokens=17_500, n_facts=3, positions=[0.1, 0.5, 0.9])
+    pdf = read_pdf(path)
+    n_tokens = engine.count_tokens(pdf.text)
+    assert n_tokens >= MIN_TOKENS, n_tokens
+    print(f"\nbook: {pdf.num_pages} pages, {n_tokens:,} tokens; facts on pages {[f.page for f in facts]}")
+    return Book(pdf, facts, n_tokens)
+
+
+def _check_answer(book: Book, fact: Fact, answer: str, engine: Any) -> None:
+    assert fact.answer.lower() in answer.lower(), f"asked {fact.question!r}, got {answer!r}"
+    hits = book.pdf.pages_for_trace(engine.last_trace, k=3)
+    ranked = [hit.page.number for hit in hits]
+    print(f"   pages read most: {ranked} (fact on page {fact.page})")
+    assert ranked and ranked[0] == fact.page, f"heads read pages {ranked} most; the fact is on {fact.page}"
+
+
+def test_langchain_answers_from_beginning_middle_and_end(book: Book, engine: Any) -> None:
+    chain = PROMPT | ChatLongHeads(engine=engine, max_tokens=24)
+    for i, fact in enumerate(book.facts):
+        start = time.perf_counter()
+        answer = chain.invoke({"document": book.pdf.text, "question": fact.question})
+        seconds = time.perf_counter() - start
+        cached = answer.usage_metadata["input_token_details"]["cache_read"]
+        book.times[f"langchain q{i + 1}"] = seconds
+        print(f"langchain q{i + 1} ({seconds:.1f} s, {cached:,} cached): {answer.content.strip()!r}")
+        assert answer.usage_metadata["input_tokens"] > book.n_tokens
+        if i:
+            # Same document, new question: only the question is encoded again.
+            assert cached > book.n_tokens * 0.9
+        _check_answer(book, fact, answer.content, engine)
+    first, second = book.times["langchain q1"], book.times["langchain q2"]
+    print(f"first question {first:.1f} s, second {second:.1f} s")
+    assert second < first / 2
+
+
+def test_llamaindex_answers_from_beginning_middle_and_end(book: Book, engine: Any) -> None:
+    llm = LongHeads(engine=engine, max_new_tokens=24)
+    query_engine = WholeDocumentQueryEngine(llm, book.pdf.text, pdf=book.pdf, system_prompt=SYSTEM)
+    for i, fact in enumerate(reversed(book.facts)):
+        start = time.perf_counter()
+        response = query_engine.query(fact.question)
+        seconds = time.perf_counter() - start
+        usage = response.metadata["usage"]
+        book.times[f"llamaindex q{i + 1}"] = seconds
+        cached = usage["cached_tokens"]
+        print(f"llamaindex q{i + 1} ({seconds:.1f} s, {cached:,} cached): {response.response.strip()!r}")
+        if i or "langchain q1" in book.times:
+            # After the LangChain test, which laid the document out the same way, even the first reuses it.
+            assert usage["cached_tokens"] > book.n_tokens * 0.9
+        _check_answer(book, fact, response.response, engine)
+        assert response.source_nodes[0].node.metadata["page_number"] == fact.page
