@@ -1,0 +1,306 @@
+"""The heads' view: where in the document the attention heads looked while they wrote an answer.
+
+Everything here is computed from a `longheads.SelectionTrace` and the document it was asked about. Arrays
+stay per chunk or per head (at most layers x heads x chunks), so a 100k-token document (about 400 chunks)
+draws as fast as a short one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+from document import Doc, page_range
+
+ALWAYS_KEPT = "always kept"
+DOCUMENT = "document"
+PROMPT = "prompt"
+TOP_K = 5
+
+
+@dataclass
+class ChunkView:
+    """One answer's trace laid over its document."""
+
+    table: pd.DataFrame  # one row per prompt chunk
+    pages: pd.DataFrame  # one row per page: its token span in the prompt
+    steps: int
+    heads: int  # layers x heads
+    top: list[int]  # most selected document chunks, best first
+
+
+def locate(prompt_text: str, doc: Doc) -> int:
+    """Where the document starts inside the rendered prompt, or -1 if the prompt does not hold it verbatim."""
+    try:
+        return doc.pdf.locate(prompt_text)
+    except ValueError:
+        return -1
+
+
+def distinct_heads(selections: torch.Tensor, n_chunks: int) -> np.ndarray:
+    """For every chunk, how many (layer, head) pairs selected it at least once during the answer."""
+    steps, layers, heads, slots = selections.shape
+    flat = selections.permute(1, 2, 0, 3).reshape(layers * heads, steps * slots).long()
+    # Column 0 swallows the empty slots (-1) and chunks of generated text, which lie past the prompt.
+    flat = torch.where((flat >= 0) & (flat < n_chunks), flat + 1, 0)
+    seen = torch.zeros(layers * heads, n_chunks + 1, dtype=torch.bool)
+    seen.scatter_(1, flat, True)
+    return seen[:, 1:].sum(0).numpy()
+
+
+def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int) -> ChunkView:
+    # The trace also has chunks of the generated answer; the view is about the prompt.
+    token_spans = [tuple(s) for s in trace.chunk_token_spans if s[0] < trace.prompt_tokens]
+    char_spans = [tuple(s) for s in trace.chunk_char_spans[: len(token_spans)]]
+    n = len(token_spans)
+    last = (trace.prompt_tokens - 1) // trace.chunk_size
+    kept = set(range(sink_chunks)) | set(range(max(0, last - recent_chunks), last + 1))
+    steps = int(trace.selections.shape[0])
+    n_heads = trace.num_layers * trace.num_heads
+    counts = trace.chunk_counts().to(torch.float64).numpy()[:n]
+    counts = np.pad(counts, (0, n - len(counts)))
+    distinct = distinct_heads(trace.selections, n)
+
+    offset = locate(trace.prompt_text, doc)
+    doc_end = offset + len(doc.text)
+    rows = []
+    for i, ((t0, t1), (c0, c1)) in enumerate(zip(token_spans, char_spans, strict=True)):
+        in_doc = offset >= 0 and c0 < doc_end and c1 > offset
+        pages = doc.pdf.pages_in_span(max(c0, offset) - offset, min(c1, doc_end) - offset) if in_doc else []
+        if i in kept:
+            kind = ALWAYS_KEPT
+        else:
+            kind = DOCUMENT if in_doc else PROMPT
+        rows.append(
+            {
+                "chunk": i,
+                "start": t0,
+                "end": t1,
+                "per_token": counts[i] / max(steps, 1),
+                "share": counts[i] / max(steps * n_heads, 1),
+                "distinct": int(distinct[i]),
+                "kind": kind,
+                "pages": page_range(pages) if pages else "outside the document",
+                "page": pages[0].number if pages else 0,
+                "snippet": snippet(trace.prompt_text[c0:c1], 180),
+            }
+        )
+    table = pd.DataFrame(rows)
+    top = [c for c in trace.top_chunks(TOP_K + 4) if c < n and table.at[c, "kind"] == DOCUMENT][:TOP_K]
+    return ChunkView(table, page_spans(doc, offset, char_spans, token_spans), steps, n_heads, top)
+
+
+def page_spans(doc: Doc, offset: int, char_spans: list, token_spans: list) -> pd.DataFrame:
+    """Each page's token span in the prompt, interpolated inside chunks (chunks and pages rarely align)."""
+    if offset < 0 or not doc.pages or not char_spans:
+        return pd.DataFrame(columns=["start", "end", "label", "shade"])
+    chars = [c0 for c0, _ in char_spans] + [char_spans[-1][1]]
+    tokens = [t0 for t0, _ in token_spans] + [token_spans[-1][1]]
+    starts = np.interp([offset + p.start for p in doc.pages], chars, tokens)
+    ends = np.append(starts[1:], np.interp(offset + doc.pages[-1].end, chars, tokens))
+    return pd.DataFrame(
+        {
+            "start": starts,
+            "end": ends,
+            "label": [f"page {p.label}" for p in doc.pages],
+            "shade": [i % 2 for i in range(len(doc.pages))],
+        }
+    )
+
+
+def snippet(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def escape_markdown(text: str) -> str:
+    # PDF text is full of *, _, # and $ that Markdown (and Streamlit's LaTeX) would otherwise interpret.
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~<$:])", r"\\\1", text)
+
+
+def strip_chart(view: ChunkView) -> alt.LayerChart:
+    """The whole prompt as one strip of chunks, coloured by how many heads read each, pages underneath."""
+    table = view.table
+    total = int(table["end"].max()) if len(table) else 1
+    x = alt.X(
+        "start:Q",
+        title=None,
+        scale=alt.Scale(domain=[0, total], nice=False, zero=True),
+        axis=alt.Axis(format="~s", labelExpr="datum.label + ' tok'", tickCount=8, grid=False),
+    )
+    click = alt.selection_point(name="chunk", fields=["chunk"], on="click", clear="dblclick")
+    tooltip = [
+        alt.Tooltip("chunk:Q", title="chunk"),
+        alt.Tooltip("pages:N", title="where"),
+        alt.Tooltip("per_token:Q", title="heads per answer token", format=".1f"),
+        alt.Tooltip("distinct:Q", title=f"heads that read it (of {view.heads})"),
+        alt.Tooltip("kind:N", title="kind"),
+        alt.Tooltip("snippet:N", title="text"),
+    ]
+    top = max(float(table.loc[table["kind"] != ALWAYS_KEPT, "per_token"].max() or 0), 1e-9)
+    colour = alt.condition(
+        f"datum.kind == '{ALWAYS_KEPT}'",
+        alt.value("#cfd3dc"),
+        alt.Color(
+            "per_token:Q",
+            title="heads per token",
+            scale=alt.Scale(scheme="lightgreyred", domain=[0, top], clamp=True),
+            legend=alt.Legend(orient="right", gradientLength=60, titleFontSize=10, labelFontSize=9),
+        ),
+    )
+    strip = (
+        alt.Chart(table)
+        .mark_rect(stroke="white", strokeWidth=0.2 if len(table) > 150 else 0.6)
+        .encode(
+            x=x,
+            x2="end:Q",
+            y=alt.value(18),
+            y2=alt.value(74),
+            color=colour,
+            tooltip=tooltip,
+            opacity=alt.condition(click, alt.value(1.0), alt.value(0.35)),
+        )
+        .add_params(click)
+    )
+    layers: list[alt.Chart] = [strip]
+    if len(view.pages):
+        band = (
+            alt.Chart(view.pages)
+            .mark_rect()
+            .encode(
+                x=alt.X("start:Q"),
+                x2="end:Q",
+                y=alt.value(78),
+                y2=alt.value(88),
+                color=alt.condition("datum.shade == 1", alt.value("#8d96a8"), alt.value("#c5cad6")),
+                tooltip=[alt.Tooltip("label:N", title="")],
+            )
+        )
+        layers.append(band)
+    if view.top:
+        marks = table.loc[view.top].assign(
+            mid=lambda d: (d["start"] + d["end"]) / 2,
+            rank=[f"{i + 1}. {p}" for i, p in enumerate(table.loc[view.top, "pages"])],
+        )
+        layers.append(
+            alt.Chart(marks)
+            .mark_rule(color="#1f2937", strokeWidth=1.2)
+            .encode(x="mid:Q", y=alt.value(12), y2=alt.value(18))
+        )
+        layers.append(
+            alt.Chart(marks)
+            .mark_text(fontSize=11, fontWeight="bold", color="#1f2937", dy=-1)
+            .encode(x="mid:Q", y=alt.value(6), text="rank:N")
+        )
+    return alt.layer(*layers).properties(height=112).configure_view(strokeWidth=0)
+
+
+def grid_chart(grid: np.ndarray, steps: int) -> alt.Chart:
+    """Layer x head: for how many of the answer's tokens each head read the chosen chunk."""
+    layers, heads = grid.shape
+    frame = pd.DataFrame(
+        [
+            (layer, head, int(grid[layer, head]), grid[layer, head] / max(steps, 1))
+            for layer in range(layers)
+            for head in range(heads)
+        ],
+        columns=["layer", "head", "steps", "share"],
+    )
+    return (
+        alt.Chart(frame)
+        .mark_rect(stroke="white", strokeWidth=0.6)
+        .encode(
+            x=alt.X("head:O", title="head", axis=alt.Axis(labelAngle=0, orient="top")),
+            y=alt.Y("layer:O", title="layer", axis=alt.Axis(values=list(range(0, layers, 5)))),
+            color=alt.Color(
+                "share:Q",
+                title="of answer tokens",
+                scale=alt.Scale(scheme="lightgreyred", domain=[0, 1]),
+                legend=alt.Legend(
+                    format="%", orient="bottom", gradientLength=120, titleFontSize=10, labelFontSize=9
+                ),
+            ),
+            tooltip=[
+                alt.Tooltip("layer:O"),
+                alt.Tooltip("head:O"),
+                alt.Tooltip("steps:Q", title="answer tokens"),
+                alt.Tooltip("share:Q", format=".0%"),
+            ],
+        )
+        .properties(height=min(12 * layers, 420))
+    )
+
+
+def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_length: int, key: str) -> None:
+    """Draws the heads' view of one answer in the current Streamlit container."""
+    view = build(trace, doc, sink_chunks, recent_chunks)
+    table = view.table
+    if trace.prompt_tokens + view.steps <= attention_length:
+        st.info(
+            f"The whole prompt ({trace.prompt_tokens:,} tokens) fits in each head's window of "
+            f"{attention_length:,} tokens, so every head reads every chunk: LongHeads only has to choose "
+            "for longer documents. Try a long PDF to see the heads pick."
+        )
+    st.caption(
+        f"{len(table):,} chunks of {trace.chunk_size} tokens · {view.steps} answer tokens × "
+        f"{trace.num_layers} layers × {trace.num_heads} heads. Darker = more heads read that chunk; "
+        f"grey chunks (the start and the question) are always kept. Click a chunk to inspect it."
+    )
+    event = st.altair_chart(
+        strip_chart(view), on_select="rerun", selection_mode="chunk", key=f"{key}-strip", width="stretch"
+    )
+
+    choice_key = f"{key}-chunk"
+    clicked = [p["chunk"] for p in (event.selection.get("chunk") or [])] if event else []
+    # A click moves the chunk picker once; the picker stays free to change until the next click.
+    if clicked and st.session_state.get(f"{key}-click") != clicked[0]:
+        st.session_state[f"{key}-click"] = clicked[0]
+        st.session_state[choice_key] = int(clicked[0])
+
+    if not view.top:
+        st.info(
+            "The heads read only the always-kept chunks for this answer: the document fits in their "
+            "attention window, or the answer did not need it."
+        )
+    else:
+        st.markdown("**Most read passages**")
+        for rank, c in enumerate(view.top, 1):
+            row = table.loc[c]
+            with st.container(border=True):
+                st.markdown(
+                    f"**{rank}. {row['pages']}** · chunk {c} · tokens {row['start']:,}–{row['end']:,} · "
+                    f"read by **{row['distinct']}** of {view.heads} heads, "
+                    f"{row['per_token']:.1f} per answer token"
+                )
+                c0, c1 = trace.chunk_char_spans[c]
+                st.markdown(f"> {escape_markdown(snippet(trace.prompt_text[c0:c1], 900))}")
+                if row["page"]:
+                    page = doc.pages[int(row["page"]) - 1]
+                    with st.expander(f"Whole page {page.label}"):
+                        st.text(page.text)
+
+    st.markdown("**Which layers and heads read a chunk**")
+    order = view.top + [c for c in table["chunk"] if c not in view.top]
+    if st.session_state.get(choice_key) not in order:
+        st.session_state[choice_key] = order[0] if order else 0
+    left, right = st.columns([3, 2])
+    with left:
+        chunk = st.selectbox(
+            "Chunk",
+            order,
+            key=choice_key,
+            format_func=lambda c: f"chunk {c} · {table.at[c, 'pages']} · {table.at[c, 'distinct']} heads",
+        )
+        row = table.loc[chunk]
+        c0, c1 = trace.chunk_char_spans[chunk]
+        st.caption(f"{row['kind']} · tokens {row['start']:,}–{row['end']:,} · {row['pages']}")
+        with st.container(height=300):
+            st.text(trace.prompt_text[c0:c1])
+    with right:
+        grid = trace.head_grid(chunk).numpy()
+        st.altair_chart(grid_chart(grid, view.steps), width="stretch")

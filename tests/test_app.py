@@ -1,0 +1,249 @@
+"""The Streamlit app, headless through Streamlit's AppTest, on the real embedded model (CPU).
+
+Every AppTest is its own browser session; the model is a process-wide `st.cache_resource`, as in a server.
+Answers are kept to a few tokens: what is checked is the app's behaviour, not the model's knowledge.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from pypdf import PdfWriter
+
+st_testing = pytest.importorskip("streamlit.testing.v1")
+AppTest = st_testing.AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "app.py"
+SAMPLE = ROOT / "samples" / "eddystone.pdf"
+# Generous: the model loads inside the first run, and CI machines share their cores.
+TIMEOUT = 900
+SMALL_WINDOW = {"chunk_size": 64, "attention_length": 256, "max_context": 2048}
+
+
+def new_session(max_new_tokens: int = 8, **settings: int) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    apply(at, max_new_tokens=max_new_tokens, **settings)
+    return at
+
+
+def apply(at: AppTest, **settings: object) -> None:
+    """Fills the sidebar's settings form and presses Apply."""
+    for key, value in settings.items():
+        if key == "model_source":
+            at.sidebar.radio(key=key).set_value(value)
+        elif key == "model_ref":
+            at.sidebar.text_input(key=key).set_value(value)
+        else:
+            at.sidebar.number_input(key=key).set_value(value)
+    next(b for b in at.sidebar.button if b.label == "Apply").click()
+    at.run()
+    assert not at.exception, at.exception
+
+
+def upload(at: AppTest, name: str, data: bytes) -> None:
+    at.file_uploader(key="upload").set_value((name, data, "application/pdf"))
+    at.run()
+    assert not at.exception, at.exception
+
+
+def ask(at: AppTest, question: str) -> None:
+    at.chat_input(key="question").set_value(question)
+    at.run()
+    assert not at.exception, at.exception
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def errors(at: AppTest) -> str:
+    return "\n".join(e.value for e in [*at.error, *at.sidebar.error])
+
+
+def answers(at: AppTest) -> list[str]:
+    return ["".join(m.value for m in cm.markdown) for cm in at.chat_message if cm.name == "assistant"]
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("vega_lite_chart"))
+
+
+def text_pdf(*pages: str) -> bytes:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 6, text)
+    return bytes(pdf.output())
+
+
+def encrypted_pdf(password: str) -> bytes:
+    writer = PdfWriter(clone_from=str(SAMPLE))
+    writer.encrypt(user_password=password, owner_password="owner-pw", algorithm="AES-256")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def scanned_pdf() -> bytes:
+    """Pages that are only pictures of text, as a scanner writes them."""
+    from fpdf import FPDF
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (600, 800), 255)
+    ImageDraw.Draw(img).text((40, 40), "These words are only pixels.", fill=0)
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.image(img, x=10, y=10, w=190)
+    return bytes(pdf.output())
+
+
+def test_upload_encode_ask_and_heads_view() -> None:
+    at = new_session()
+    upload(at, "eddystone.pdf", SAMPLE.read_bytes())
+    shown = metrics(at)
+    assert shown["Pages"] == "5"
+    n_tokens = int(shown["Tokens"].replace(",", ""))
+    assert 500 < n_tokens < 2000
+    assert shown["Encoding"].startswith("≈")  # an estimate before encoding
+
+    at.button(key="encode").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert any(f"Encoded {n_tokens:,} tokens" in s.value for s in at.success)
+    assert metrics(at)["Encoding"] == "done"
+
+    ask(at, "Who designed the second lighthouse?")
+    assert [cm.name for cm in at.chat_message] == ["user", "assistant"]
+    (answer,) = answers(at)
+    assert answer.strip()
+    # The question reused the encoding: only the tail after the document's last whole chunk ran again.
+    usage = next(c.value for cm in at.chat_message for c in cm.caption if "document cache" in c.value)
+    cached, prompt = (int(x.replace(",", "")) for x in re.findall(r"([\d,]+) of ([\d,]+) prompt", usage)[0])
+    assert prompt - 256 <= cached < prompt
+
+    assert any(s.value == "Where the heads looked" for s in at.subheader)
+    assert charts(at) == 2  # the strip over the document and the layer x head grid
+    assert any(m.value == "**Most read passages**" for m in at.markdown)
+    # A short document fits in every head's window, and the view says so.
+    assert any("fits in each head's window" in i.value for i in at.info)
+
+    ask(at, "When was the light first lit?")
+    assert len(answers(at)) == 2
+    assert at.selectbox(key="view_answer").value == 1  # the view follows the newest answer
+    assert charts(at) == 2
+
+
+def test_heads_view_with_real_selection_and_context_limit() -> None:
+    """A window of 4 chunks of 64 tokens makes the heads choose inside the 5-page sample."""
+    at = new_session(**SMALL_WINDOW)
+    upload(at, "eddystone.pdf", SAMPLE.read_bytes())
+    assert metrics(at)["Head window"] == "256"
+    ask(at, "What happened to the first lighthouse in the Great Storm?")
+    assert answers(at)[0].strip()
+    assert not any("fits in each head's window" in i.value for i in at.info)
+    assert charts(at) == 2
+    passages = [m.value for m in at.markdown if re.match(r"\*\*\d\. pp?\. ", m.value)]
+    assert passages, "the most read passages name their pages"
+
+    # The layer x head grid follows the chunk picker (a click on the strip moves the picker too).
+    chunk = next(s for s in at.selectbox if s.label == "Chunk")
+    before = chunk.value
+    chunk.select_index(len(chunk.options) - 1)
+    at.run()
+    assert next(s for s in at.selectbox if s.label == "Chunk").value != before
+    assert not at.exception, at.exception
+    assert charts(at) == 2
+
+    # The answer's room counts against the maximum context: 885 + 1500 tokens do not fit in 2048.
+    apply(at, max_new_tokens=1500)
+    assert "maximum context" in errors(at)
+    assert "2,048" in errors(at)
+    assert at.chat_input(key="question").disabled
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: b"%PDF-1.7\nthis is not really a pdf", "not a readable PDF"),
+        (lambda: b"", "is empty"),
+        (lambda: encrypted_pdf("lighthouse"), "encrypted"),
+        (scanned_pdf, "has no text"),
+    ],
+    ids=["corrupt", "empty", "encrypted", "scanned"],
+)
+def test_bad_files_give_messages(make, message: str) -> None:
+    at = new_session()
+    upload(at, "bad.pdf", make())
+    assert message in errors(at)
+    assert not at.metric  # nothing half-loaded
+    # The app keeps working: a good file after a bad one loads.
+    upload(at, "eddystone.pdf", SAMPLE.read_bytes())
+    assert metrics(at)["Pages"] == "5"
+    assert not errors(at)
+
+
+def test_encrypted_pdf_opens_with_its_password() -> None:
+    at = new_session()
+    upload(at, "locked.pdf", encrypted_pdf("lighthouse"))
+    password = next(t for t in at.text_input if t.label == "Password")
+    password.set_value("wrong")
+    at.run()
+    assert "does not open it" in errors(at)
+    next(t for t in at.text_input if t.label == "Password").set_value("lighthouse")
+    at.run()
+    assert not at.exception, at.exception
+    assert metrics(at)["Pages"] == "5"
+
+
+def test_settings_validation_and_failed_model_load(tmp_path: Path) -> None:
+    at = new_session()
+    apply(at, attention_length=1000)
+    assert "attention_length" in errors(at)
+    assert any("previous model" in c.value for c in at.sidebar.caption)
+
+    apply(at, attention_length=0, model_source="Local path", model_ref=str(tmp_path / "missing"))
+    assert "No such file or folder" in errors(at)
+
+    # An existing folder that holds no model: the load itself fails, and the app stays on its last model.
+    apply(at, model_ref=str(tmp_path))
+    assert "Settings not applied" in errors(at)
+    assert "Could not load model" in errors(at)
+    upload(at, "eddystone.pdf", SAMPLE.read_bytes())
+    assert metrics(at)["Pages"] == "5"
+
+
+def test_two_sessions_keep_their_own_documents_and_answers() -> None:
+    first, second = new_session(), new_session()
+    upload(first, "eddystone.pdf", SAMPLE.read_bytes())
+    harbour = text_pdf(
+        "The harbour of Porthwen has a blue crane.", "The crane lifts fishing boats in winter."
+    )
+    upload(second, "harbour.pdf", harbour)
+    assert metrics(first)["Pages"] == "5"
+    assert metrics(second)["Pages"] == "2"
+
+    ask(second, "What colour is the crane?")
+    first.run()
+    assert not first.chat_message  # the other session's question and answer never show here
+    assert first.session_state["doc"].name == "eddystone.pdf"
+
+    # The second session's encoding replaced the first's in the shared engine: asking re-encodes, and works.
+    ask(first, "Who built the first lighthouse?")
+    second.run()
+    assert [cm.name for cm in first.chat_message] == ["user", "assistant"]
+    assert [cm.markdown[0].value for cm in second.chat_message if cm.name == "user"] == [
+        "What colour is the crane?"
+    ]
+    assert second.session_state["doc"].name == "harbour.pdf"
+    # One model for both sessions: their token counts are keyed by the same engine.
+    engines = {key[1] for at in (first, second) for key in at.session_state["tokens"]}
+    assert len(engines) == 1
