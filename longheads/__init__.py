@@ -1,0 +1,33 @@
+"""LongHeads for Hugging Face transformers: training-free context extension for RoPE decoder models."""
+
+from .cache import LongHeadsCache
+from .config import LongHeadsConfig
+from .errors import (
+    ConfigError,
+    ContextTooLongError,
+    LongHeadsError,
+    ModelLoadError,
+    OutOfMemoryError,
+    UnsupportedModelError,
+)
+from .patch import disable, enable, is_enabled
+
+__all__ = [
+    "ConfigError",
+    "ContextTooLongError",
+    "LongHeadsCache",
+    "LongHeadsConfig",
+    "LongHeadsError",
+    "ModelLoadError",
+    "OutOfMemoryError",
+    "UnsupportedModelError",
+    "disable",
+    "enable",
+    "is_enabled",
+]
+
+from .engine import LongHeadsModel, load  # noqa: E402
+from .prompts import document_messages  # noqa: E402
+from .trace import SelectionTrace  # noqa: E402
+
+__all__ += ["LongHeadsModel", "SelectionTrace", "document_messages", "load"]

@@ -1,0 +1,192 @@
+"""The LongHeads attention function, registered in transformers' attention interface as "longheads".
+
+Queries at positions below the attention length read the whole prefix (the model is unchanged there).
+Beyond it, every query block of one chunk, and each of the last `tail_tokens` queries of a call on its
+own, picks chunks per head (selection.py), and attends to them laid out contiguously from position 0,
+followed by its own chunk, so every relative distance stays below the attention length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .cache import LongHeadsLayer, current_layer
+from .config import LongHeadsConfig
+from .rope import PositionTable, apply_rope, model_cos_sin, undo_rope
+from .selection import choose_chunks, paper_representation, score_maxlogit
+
+
+@dataclass
+class ModelState:
+    """What `enable` attaches to a model as `model.longheads`."""
+
+    config: LongHeadsConfig
+    rotary: torch.nn.Module
+    table: PositionTable
+    num_heads: int
+    num_kv_heads: int
+
+
+def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                        **kwargs) -> tuple[torch.Tensor, None]:
+    state: ModelState = module.longheads_state
+    if query.shape[0] != 1:
+        raise ValueError("LongHeads attention runs one sequence at a time (batch size 1).")
+    layer = current_layer(key)
+    if layer is None:
+        # A cache other than LongHeadsCache (or none): rebuild the layer state from the full key/value.
+        layer = LongHeadsLayer(state.rotary, state.config.chunk_size)
+        layer.update(key, value)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    out = _attend(layer, state, query[0], scaling)
+    return out.transpose(0, 1)[None].contiguous(), None
+
+
+def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scaling: float) -> torch.Tensor:
+    """q_rot: [heads, n, d] rotated at absolute positions, the last n of the layer's tokens. -> [heads, n, d]."""
+    cfg = state.config
+    w, budget = cfg.chunk_size, cfg.attention_length
+    heads, n, d = q_rot.shape
+    total = layer.length
+    start = total - n
+    device = q_rot.device
+    positions = torch.arange(start, total, device=device)
+    cos, sin = model_cos_sin(state.rotary, positions, q_rot.dtype)
+    q_pre = undo_rope(q_rot.float(), cos.float(), sin.float())  # [heads, n, d] float32
+    if cfg.selection == "paper":
+        _update_representations(layer, state, q_pre, scaling)
+
+    out = torch.empty_like(q_rot)
+    plain_end = min(total, budget)
+    if start < plain_end:
+        out[:, : plain_end - start] = _full_attention(layer, state, q_rot[:, : plain_end - start], start, scaling)
+        if plain_end == total:
+            layer.last_selection = _all_chunks(total - 1, cfg, heads, device)
+    tail = cfg.tail_tokens if getattr(layer, "tail_enabled", True) else 0
+    per_token_from = max(total - (tail if n > 1 else 1), plain_end)
+    if n > 1:
+        layer.votes = None  # a new prompt (or piece): the question's pooled scores start afresh
+    pos = max(start, plain_end)
+    while pos < total:
+        current = pos // w
+        end = pos + 1 if pos >= per_token_from else min((current + 1) * w, per_token_from)
+        q_block = q_pre[:, pos - start : end - start]
+        chunks = _select(layer, state, q_block, current, pooled=pos >= per_token_from)
+        out[:, pos - start : end - start] = _chunk_attention(layer, state, q_block, pos, chunks, scaling)
+        if end == total:
+            layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
+        pos = end
+    return out
+
+
+def _kv_index(state: ModelState, device: torch.device) -> torch.Tensor:
+    return torch.arange(state.num_heads, device=device) // (state.num_heads // state.num_kv_heads)
+
+
+def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, start: int,
+                    scaling: float) -> torch.Tensor:
+    """Ordinary causal attention for queries at positions start.. (all below the attention length)."""
+    heads, m, _ = q_rot.shape
+    end = start + m
+    cos, sin = state.table.get(q_rot.device)
+    k = layer.keys[0, :, :end].to(q_rot.device, non_blocking=True)
+    v = layer.values[0, :, :end].to(q_rot.device, non_blocking=True)
+    k = apply_rope(k.float(), cos[:end], sin[:end]).to(q_rot.dtype)
+    groups = heads // k.shape[0]
+    mask = torch.arange(end, device=q_rot.device)[None] <= torch.arange(start, end, device=q_rot.device)[:, None]
+    return F.scaled_dot_product_attention(
+        q_rot[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=groups > 1
+    )[0]
+
+
+def _select(layer: LongHeadsLayer, state: ModelState, q_block: torch.Tensor, current: int,
+            pooled: bool = False) -> torch.Tensor:
+    cfg = state.config
+    query = q_block.mean(dim=1)  # [heads, d]: one selection for the block
+    keys = layer.keys[0]
+    if cfg.selection == "maxlogit":
+        cos, sin = state.table.get(keys.device)
+        dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
+        scores = score_maxlogit(query.to(keys.device), keys, current, cfg.chunk_size, cos[dist], sin[dist])
+    else:
+        scores = torch.einsum("hd,hcd->hc", query.to(layer.reps.dtype), layer.reps[:, :current]).float()
+    if pooled and cfg.vote != "none":
+        scores = _pool_votes(layer, scores, cfg.vote)
+    groups = state.num_heads // state.num_kv_heads
+    return choose_chunks(scores, current, cfg, groups).to(q_block.device)
+
+
+def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str) -> torch.Tensor:
+    """Pool chunk scores over the question's tokens (and the answer's), so a chunk that any of them
+    matched well stays selected for the tokens that follow."""
+    if vote == "mass":
+        scores = torch.softmax(scores, dim=-1)
+    previous = getattr(layer, "votes", None)
+    if previous is not None:
+        grown = torch.full_like(scores, float("-inf") if vote == "max" else 0.0)
+        grown[:, : previous.shape[1]] = previous
+        scores = torch.maximum(grown, scores) if vote == "max" else grown + scores
+    layer.votes = scores
+    return scores
+
+
+def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, pos: int,
+                     chunks: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Attention of queries q_pre [heads, m, d] (positions pos..pos+m-1, all in one chunk) over the
+    selected chunks [heads, S] laid out at 0..S*w-1, followed by their own chunk up to the last query."""
+    w = state.config.chunk_size
+    heads, m, _ = q_pre.shape
+    device, dtype = q_pre.device, layer.keys.dtype
+    n_sel = chunks.shape[1]
+    chunk_start = (pos // w) * w
+    own = pos + m - chunk_start  # tokens of the current chunk visible to the last query
+    storage = layer.keys.device
+    kv = _kv_index(state, storage)
+    tokens = (chunks.to(storage)[:, :, None] * w + torch.arange(w, device=storage)).flatten(1)  # [heads, S*w]
+    k = torch.cat([layer.keys[0][kv[:, None], tokens], layer.keys[0][kv, chunk_start : chunk_start + own]], 1)
+    v = torch.cat([layer.values[0][kv[:, None], tokens], layer.values[0][kv, chunk_start : chunk_start + own]], 1)
+    k, v = k.to(device, non_blocking=True), v.to(device, non_blocking=True)
+    cos, sin = state.table.get(device)
+    span = n_sel * w + own
+    k = apply_rope(k.float(), cos[:span], sin[:span]).to(dtype)
+    q_at = n_sel * w + (pos - chunk_start)
+    q = apply_rope(q_pre, cos[q_at : q_at + m], sin[q_at : q_at + m]).to(dtype)
+    key_pos = torch.arange(span, device=device)
+    mask = key_pos[None] <= torch.arange(q_at, q_at + m, device=device)[:, None]
+    return F.scaled_dot_product_attention(q[None], k[None], v.to(dtype)[None], attn_mask=mask, scale=scaling)[0]
+
+
+def _all_chunks(last_pos: int, cfg: LongHeadsConfig, heads: int, device: torch.device) -> torch.Tensor:
+    """Trace entry for a query that reads everything: every chunk up to its own, padded with -1."""
+    ids = torch.full((heads, cfg.slots), -1, dtype=torch.long, device=device)
+    n = last_pos // cfg.chunk_size + 1
+    ids[:, :n] = torch.arange(n, device=device)
+    return ids
+
+
+def _update_representations(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, scaling: float) -> None:
+    """Compute the paper's representation of every chunk this call completed."""
+    w = state.config.chunk_size
+    pending = q_pre if layer.pending_queries is None else torch.cat([layer.pending_queries.to(q_pre), q_pre], 1)
+    done = (layer.length // w) - (0 if layer.reps is None else layer.reps.shape[1])
+    if done > 0:
+        if pending.shape[1] < done * w:
+            raise ValueError(
+                'selection="paper" needs every chunk\'s queries: decode with past_key_values=LongHeadsCache(model)'
+            )
+        cos, sin = state.table.get(q_pre.device)
+        kv = _kv_index(state, layer.keys.device)
+        span = slice((layer.length // w - done) * w, (layer.length // w) * w)
+        heads, d = pending.shape[0], pending.shape[-1]
+        k = layer.keys[0][kv, span].to(q_pre.device).float().view(heads, done, w, d)
+        v = layer.values[0][kv, span].to(q_pre.device).float().view(heads, done, w, d)
+        q = pending[:, : done * w].view(heads, done, w, d)
+        reps = paper_representation(q, k, v, cos[:w], sin[:w], scaling).to(layer.keys.dtype)
+        layer.reps = reps if layer.reps is None else torch.cat([layer.reps, reps], 1)
+        pending = pending[:, done * w :]
+    layer.pending_queries = pending

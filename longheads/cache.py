@@ -1,0 +1,179 @@
+"""The LongHeads KV cache: a transformers `Cache` whose layers keep keys *without* rotary positions.
+
+`update` receives keys rotated at their absolute positions (as every transformers attention module
+produces them), undoes the rotation with the model's own cos/sin and stores the result, so that the
+attention function can lay chunks out at any positions it likes. With ``cpu_offload`` the keys and values
+live in pinned CPU memory and only the chunks a head selects travel to the GPU.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .rope import model_cos_sin, undo_rope
+
+# The layer whose `update` ran last on this thread: the attention function of the same layer runs right
+# after it, and finds its state here (transformers passes the cache to the module, not to the function).
+_current = threading.local()
+
+
+def current_layer(key: torch.Tensor) -> LongHeadsLayer | None:
+    layer = getattr(_current, "layer", None)
+    if layer is not None and layer.returned_keys is key:
+        return layer
+    return None
+
+
+class LongHeadsLayer(CacheLayerMixin):
+    is_compileable = False
+    is_croppable = True
+    is_sliding = False
+
+    def __init__(self, rotary: torch.nn.Module, chunk_size: int, offload: bool = False):
+        super().__init__()
+        self.rotary = rotary
+        self.chunk_size = chunk_size
+        self.offload_to_cpu = offload
+        self.length = 0
+        self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], no rotary positions
+        self._v: torch.Tensor | None = None
+        # Per-chunk state for the "paper" selection: representations of complete chunks, and the
+        # (unrotated) queries of the chunk being filled, which its representation needs.
+        self.reps: torch.Tensor | None = None  # [heads, chunks, head_dim]
+        self.pending_queries: torch.Tensor | None = None  # [heads, tokens, head_dim]
+        self.compute_device: torch.device | None = None
+        self.returned_keys: torch.Tensor | None = None
+        self.tail_enabled = True
+        # Chunk ids [heads, slots] the last query of the latest call read (for the selection trace).
+        self.last_selection: torch.Tensor | None = None
+
+    # --- storage -------------------------------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.compute_device = key_states.dtype, key_states.device
+        self.device = torch.device("cpu") if self.offload_to_cpu else key_states.device
+        self._k = self._alloc(key_states, 0)
+        self._v = self._alloc(value_states, 0)
+        self.is_initialized = True
+
+    def _alloc(self, like: torch.Tensor, capacity: int) -> torch.Tensor:
+        b, h, _, d = like.shape
+        pin = self.device.type == "cpu" and torch.cuda.is_available()
+        return torch.empty(b, h, capacity, d, dtype=like.dtype, device=self.device, pin_memory=pin)
+
+    def _grow(self, needed: int) -> None:
+        capacity = self._k.shape[2]
+        if needed <= capacity:
+            return
+        # Doubling keeps appends amortised O(1), unlike torch.cat of the whole cache at every step.
+        new_capacity = max(needed, 2 * capacity, 1024)
+        for name in ("_k", "_v"):
+            old = getattr(self, name)
+            new = self._alloc(old, new_capacity)
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, : self.length]
+
+    @keys.setter
+    def keys(self, value) -> None:  # the base class assigns None in __init__
+        if value is not None:
+            raise AttributeError("LongHeadsLayer.keys is read-only; use update()")
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self.length]
+
+    @values.setter
+    def values(self, value) -> None:
+        if value is not None:
+            raise AttributeError("LongHeadsLayer.values is read-only; use update()")
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[2]
+        positions = torch.arange(self.length, self.length + n, device=key_states.device)
+        cos, sin = model_cos_sin(self.rotary, positions, key_states.dtype)
+        keys = undo_rope(key_states.float(), cos.float(), sin.float()).to(key_states.dtype)
+        self._grow(self.length + n)
+        self._k[:, :, self.length : self.length + n] = keys.to(self.device, non_blocking=True)
+        self._v[:, :, self.length : self.length + n] = value_states.to(self.device, non_blocking=True)
+        self.length += n
+        _current.layer = self
+        self.returned_keys = self.keys
+        return self.returned_keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first `max_length` tokens (a negative value removes that many from the end)."""
+        keep = self.length + max_length if max_length < 0 else min(max_length, self.length)
+        if keep % self.chunk_size and self.pending_queries is not None and keep < self.length:
+            # The representation of a half-kept chunk needs queries we no longer have.
+            raise ValueError(f"LongHeadsLayer.crop({max_length}) must keep a multiple of chunk_size")
+        self.length = keep
+        if self.reps is not None:
+            self.reps = self.reps[:, : keep // self.chunk_size]
+        if self.pending_queries is not None:
+            self.pending_queries = self.pending_queries[:, :0]
+
+    def reset(self) -> None:
+        self.length = 0
+        self.reps = None
+        self.pending_queries = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("LongHeads does not support beam search")
+
+    def offload(self):  # storage placement is fixed at construction
+        pass
+
+    def prefetch(self):
+        pass
+
+    def nbytes(self) -> int:
+        return 0 if self._k is None else 2 * self.length * self._k[0, :, 0].numel() * self._k.element_size()
+
+
+class LongHeadsCache(Cache):
+    """One `LongHeadsLayer` per decoder layer. Pass it as `past_key_values` to a LongHeads-enabled model."""
+
+    def __init__(self, model: torch.nn.Module):
+        state = getattr(model, "longheads", None)
+        if state is None:
+            raise ValueError("LongHeadsCache needs a model prepared with longheads.enable(model)")
+        n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        layers = [
+            LongHeadsLayer(state.rotary, state.config.chunk_size, state.config.cpu_offload) for _ in range(n_layers)
+        ]
+        super().__init__(layers=layers)
+
+    @property
+    def tail_enabled(self) -> bool:
+        return self.layers[0].tail_enabled
+
+    @tail_enabled.setter
+    def tail_enabled(self, value: bool) -> None:
+        # Off while the engine encodes the first pieces of a long prompt: only its true end (the
+        # question) needs token-by-token selection, so a prompt encoded in pieces matches one pass.
+        for layer in self.layers:
+            layer.tail_enabled = value
+
+    def crop(self, max_length: int) -> None:
+        for layer in self.layers:
+            layer.crop(max_length)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)

@@ -1,0 +1,99 @@
+"""LongHeads settings: one dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import ConfigError
+
+SELECTION_METHODS = ("maxlogit", "paper")
+VOTES = ("none", "max", "mass")
+GRANULARITIES = ("head", "kv_group")
+
+
+@dataclass
+class LongHeadsConfig:
+    """How each attention head picks the chunks it reads.
+
+    Every head reads at most ``attention_length`` tokens: ``sink_chunks`` first chunks, ``recent_chunks``
+    complete chunks before the current one, the current (partial) chunk, and the best-scoring chunks
+    for the rest. Selected chunks are laid out contiguously, so no head sees a relative distance beyond
+    ``attention_length``, which must stay within the model's pretrained length.
+    """
+
+    chunk_size: int = 256
+    # None: filled in by `enable` from the model (4096, capped at the pretrained length).
+    attention_length: int | None = None
+    sink_chunks: int = 1
+    recent_chunks: int = 1
+    # How chunks are scored against a query: "maxlogit" (best single-key match, RoPE-consistent)
+    # or "paper" (the paper's attention-pooled chunk representation).
+    selection: str = "maxlogit"
+    # "head": every query head picks its own chunks; "kv_group": heads that share keys pick together.
+    granularity: str = "head"
+    # The last `tail_tokens` tokens of every forward call pick chunks token by token; earlier tokens
+    # pick once per chunk-sized block. Questions sit at the end of a prompt, where selection matters.
+    tail_tokens: int = 64
+    # How the question's tokens pool their chunk scores: "none" (each token alone), "max" (running max
+    # of every earlier tail token's scores) or "mass" (running sum of each token's softmax over chunks).
+    vote: str = "none"
+    # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
+    score_distance: int | None = None
+    max_context: int = 131072
+    cpu_offload: bool = False
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"LongHeadsConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance"):
+                continue
+            need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
+        need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
+        need(self.sink_chunks >= 0, "sink_chunks", "it must be >= 0")
+        need(self.recent_chunks >= 0, "recent_chunks", "it must be >= 0")
+        need(self.tail_tokens >= 0, "tail_tokens", "it must be >= 0")
+        need(self.selection in SELECTION_METHODS, "selection", f"choose one of {SELECTION_METHODS}")
+        need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
+        need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
+        need(self.score_distance is None or (isinstance(self.score_distance, int) and self.score_distance >= 0),
+             "score_distance", "it must be None or an integer >= 0")
+        need(isinstance(self.cpu_offload, bool), "cpu_offload", "it must be True or False")
+        if self.attention_length is not None:
+            self.check_attention_length(None)
+        need(self.max_context >= self.chunk_size, "max_context", f"it must be at least chunk_size ({self.chunk_size})")
+
+    @property
+    def slots(self) -> int:
+        """Chunks each head reads, the current partial chunk included."""
+        return self.attention_length // self.chunk_size
+
+    @property
+    def selected_chunks(self) -> int:
+        """Chunks each head picks by score (beyond the always-kept ones)."""
+        return self.slots - self.sink_chunks - self.recent_chunks - 1
+
+    def check_attention_length(self, pretrained_length: int | None) -> None:
+        n = self.attention_length
+        if not isinstance(n, int) or isinstance(n, bool) or n % self.chunk_size:
+            raise ConfigError(
+                f"LongHeadsConfig.attention_length={n!r} is invalid: it must be a multiple of "
+                f"chunk_size ({self.chunk_size})."
+            )
+        fixed = self.sink_chunks + self.recent_chunks + 1
+        if n // self.chunk_size < fixed + 1:
+            raise ConfigError(
+                f"LongHeadsConfig.attention_length={n} is invalid: it must hold at least {fixed + 1} chunks of "
+                f"{self.chunk_size} tokens (sink, recent and current chunks plus one selected chunk)."
+            )
+        if pretrained_length is not None and n > pretrained_length:
+            raise ConfigError(
+                f"LongHeadsConfig.attention_length={n} is invalid: it must not exceed the model's pretrained "
+                f"length ({pretrained_length})."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,268 @@
+"""The engine object: a LongHeads-enabled model with its tokenizer, a document cache and a generation loop.
+
+One obvious path from text to answer: render the prompt, tokenize, reuse the cached encoding of the
+longest shared prefix (a prefix's encoding does not depend on what follows it), encode the rest in
+pieces, then decode token by token, recording which chunks every head read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .cache import LongHeadsCache
+from .config import LongHeadsConfig
+from .errors import ContextTooLongError, OutOfMemoryError
+from .loading import load_model_and_tokenizer, resolve_device, resolve_dtype
+from .patch import enable
+from .trace import SelectionTrace
+
+Prompt = str | list[dict]
+Progress = Callable[[int, int], None]
+PREFILL_PIECE = 4096
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class _Encoded:
+    cache: LongHeadsCache
+    ids: list[int]  # tokens whose keys and values the cache holds
+
+
+class LongHeadsModel:
+    """A loaded model with LongHeads enabled. Thread-safe: one generation runs at a time."""
+
+    def __init__(self, model, tokenizer, config: LongHeadsConfig, model_name: str):
+        self.model = enable(model, config)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_name = model_name
+        self.device = next(model.parameters()).device
+        self.last_trace: SelectionTrace | None = None
+        self.last_usage: dict = {}
+        self._lock = threading.RLock()
+        self._encoded: _Encoded | None = None
+        text_config = model.config.get_text_config(decoder=True)
+        self.num_layers = text_config.num_hidden_layers
+        self.num_heads = text_config.num_attention_heads
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self._eos = {t for t in eos + [tokenizer.eos_token_id] if t is not None}
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_context
+
+    # --- text ----------------------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    # --- encoding ------------------------------------------------------------------------------------------
+    def encode(self, prompt: Prompt, progress: Progress | None = None) -> int:
+        """Encode `prompt` into the document cache so that later prompts sharing its prefix start fast."""
+        with self._lock:
+            ids, _ = self._tokenize(self.render(prompt))
+            self._check_length(len(ids), 0)
+            self._prefill(ids, progress)
+            return len(ids)
+
+    def _check_length(self, n_prompt: int, max_new_tokens: int) -> None:
+        if n_prompt == 0:
+            raise ValueError("The prompt is empty.")
+        if n_prompt >= self.max_context:
+            raise ContextTooLongError(n_prompt, self.max_context)
+
+    def _prefill(self, ids: list[int], progress: Progress | None) -> tuple[torch.Tensor, int]:
+        """Make the cache hold `ids`, reusing the longest cached prefix; returns (last logits, reused)."""
+        w = self.config.chunk_size
+        old = self._encoded
+        shared = 0
+        if old is not None:
+            limit = min(len(old.ids), len(ids) - 1)
+            while shared < limit and old.ids[shared] == ids[shared]:
+                shared += 1
+        # Whole chunks only: a chunk's summary needs all its tokens from one pass, and the last prompt
+        # token always runs again because its logits start the answer.
+        reused = shared - shared % w
+        if old is not None and reused > 0:
+            cache = old.cache
+            cache.crop(reused)
+        else:
+            cache, reused = LongHeadsCache(self.model), 0
+        self._encoded = None  # until the cache is consistent again
+        total = len(ids)
+        if progress:
+            progress(reused, total)
+        logits = None
+        try:
+            with torch.inference_mode():
+                pos = reused
+                while pos < total:
+                    end = min(pos + PREFILL_PIECE, total)
+                    cache.tail_enabled = end == total
+                    piece = torch.tensor([ids[pos:end]], device=self.device)
+                    logits = self.model(input_ids=piece, past_key_values=cache, use_cache=True,
+                                        logits_to_keep=1).logits[0, -1]
+                    pos = end
+                    if progress:
+                        progress(pos, total)
+        except Exception as exc:
+            if _is_oom(exc):
+                del cache
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise OutOfMemoryError(
+                    f"Out of memory while encoding {total:,} tokens on {self.device}. Enable cpu_offload, "
+                    "use a smaller max_context, or a smaller model."
+                ) from exc
+            raise
+        self._encoded = _Encoded(cache, list(ids))
+        return logits, reused
+
+    # --- generation ----------------------------------------------------------------------------------------
+    def generate(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> str:
+        return "".join(self.stream(prompt, max_new_tokens, stop, temperature, top_p, seed))
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+        """Yield the answer in text pieces. Closing the generator stops generation."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
+        stop = [s for s in (stop or []) if s]
+        text = self.render(prompt)
+        ids, offsets = self._tokenize(text)
+        self._check_length(len(ids), max_new_tokens)
+        return self._stream(text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed)
+
+    def _stream(self, text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed) -> Iterator[str]:
+        with self._lock:
+            generator = torch.Generator(device=self.device)
+            if seed is not None:
+                generator.manual_seed(seed)
+            t0 = time.perf_counter()
+            logits, reused = self._prefill(ids, None)
+            t1 = time.perf_counter()
+            cache = self._encoded.cache
+            steps = [self._selection_step(cache)]
+            out_ids: list[int] = []
+            emitted = 0
+            hold = max((len(s) for s in stop), default=1) - 1
+            budget = min(max_new_tokens, self.max_context - len(ids))
+            finished_text = None
+            try:
+                with torch.inference_mode():
+                    for _ in range(budget):
+                        token = self._sample(logits, temperature, top_p, generator)
+                        if token in self._eos:
+                            break
+                        out_ids.append(token)
+                        self._encoded.ids.append(token)
+                        logits = self.model(input_ids=torch.tensor([[token]], device=self.device),
+                                            past_key_values=cache, use_cache=True).logits[0, -1]
+                        steps.append(self._selection_step(cache))
+                        decoded = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+                        cut = min((decoded.find(s) for s in stop if s in decoded), default=-1)
+                        if cut >= 0:
+                            finished_text = decoded[:cut]
+                            break
+                        # Hold back a possible start of a stop string and an unfinished UTF-8 character.
+                        safe = len(decoded) - hold
+                        if decoded.endswith("\ufffd"):
+                            safe = min(safe, len(decoded) - 1)
+                        if safe > emitted:
+                            yield decoded[emitted:safe]
+                            emitted = safe
+                if finished_text is None:
+                    finished_text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+                if len(finished_text) > emitted:
+                    yield finished_text[emitted:]
+            finally:
+                t2 = time.perf_counter()
+                self.last_usage = {
+                    "prompt_tokens": len(ids),
+                    "completion_tokens": len(out_ids),
+                    "cached_tokens": reused,
+                    "prefill_seconds": t1 - t0,
+                    "decode_seconds": t2 - t1,
+                }
+                self.last_trace = self._make_trace(text, ids, offsets, len(out_ids), steps)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+        if temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        if top_p < 1:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    # --- trace ---------------------------------------------------------------------------------------------
+    def _selection_step(self, cache: LongHeadsCache) -> torch.Tensor:
+        slots = self.config.slots
+        rows = []
+        for layer in cache.layers:
+            sel = layer.last_selection
+            if sel is None:
+                sel = torch.full((self.num_heads, slots), -1, dtype=torch.long)
+            rows.append(sel[:, :slots].to("cpu", torch.int32))
+        return torch.stack(rows)
+
+    def _make_trace(self, text, ids, offsets, n_generated, steps) -> SelectionTrace:
+        w = self.config.chunk_size
+        total = len(ids) + n_generated
+        token_spans = [(s, min(s + w, total)) for s in range(0, total, w)]
+        char_spans = []
+        for start, end in token_spans:
+            if start >= len(ids):
+                char_spans.append((len(text), len(text)))
+            else:
+                char_spans.append((offsets[start][0], offsets[min(end, len(ids)) - 1][1]))
+        kept = []
+        for step in range(len(steps)):
+            current = (len(ids) - 1 + step) // w
+            always = set(range(self.config.sink_chunks))
+            always.update(range(max(0, current - self.config.recent_chunks), current + 1))
+            kept.append(always)
+        return SelectionTrace(
+            chunk_size=w, num_layers=self.num_layers, num_heads=self.num_heads, prompt_text=text,
+            prompt_tokens=len(ids), chunk_token_spans=token_spans, chunk_char_spans=char_spans,
+            selections=torch.stack(steps), sink_chunks=self.config.sink_chunks,
+            recent_chunks=self.config.recent_chunks, always_kept=kept,
+        )
+
+    def reset(self) -> None:
+        """Forget the cached document encoding (frees its memory)."""
+        with self._lock:
+            self._encoded = None
+
+
+def load(model: str | None = None, *, config: LongHeadsConfig | None = None, device: str | None = None,
+         dtype: str | torch.dtype | None = None) -> LongHeadsModel:
+    """Load a model by hub id, local path or GGUF file (default: the embedded SmolLM2-135M-Instruct)."""
+    config = config or LongHeadsConfig()
+    device = resolve_device(device)
+    lm, tokenizer, name = load_model_and_tokenizer(model, device, resolve_dtype(dtype, device))
+    return LongHeadsModel(lm, tokenizer, config, name)

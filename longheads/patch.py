@@ -1,0 +1,102 @@
+"""`enable(model, config)`: switch an already loaded transformers model to LongHeads attention.
+
+No model file is forked: the attention function is registered in transformers' attention interface and
+the model is told to use it, so every RoPE decoder that dispatches through that interface works.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+
+from .attention import ModelState, longheads_attention
+from .cache import LongHeadsCache
+from .config import LongHeadsConfig
+from .errors import UnsupportedModelError
+from .rope import PositionTable
+
+ATTN_NAME = "longheads"
+DEFAULT_ATTENTION_LENGTH = 4096
+
+AttentionInterface.register(ATTN_NAME, longheads_attention)
+
+
+def pretrained_length(text_config) -> int:
+    """The longest relative distance the model was trained on."""
+    length = getattr(text_config, "max_position_embeddings", None)
+    if not length:
+        raise UnsupportedModelError("The model config has no max_position_embeddings; its trained length is unknown.")
+    window = getattr(text_config, "sliding_window", None)
+    if window and getattr(text_config, "use_sliding_window", True):
+        length = min(length, window)
+    return int(length)
+
+
+def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> PreTrainedModel:
+    """Make `model.forward` and `model.generate` use LongHeads. Returns the same model."""
+    config = config or LongHeadsConfig()
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedModelError(f"Expected a transformers PreTrainedModel, got {type(model).__name__}.")
+    text_config = model.config.get_text_config(decoder=True)
+    name = getattr(model.config, "model_type", type(model).__name__)
+    rotary = next((m for n, m in model.named_modules() if n.endswith("rotary_emb")), None)
+    if rotary is None:
+        raise UnsupportedModelError(
+            f"Model type '{name}' has no rotary position embedding (RoPE); LongHeads remaps rotary positions "
+            "and cannot extend models with learned or absolute positions such as GPT-2."
+        )
+    if not getattr(model, "_supports_attention_backend", False):
+        raise UnsupportedModelError(
+            f"Model type '{name}' does not dispatch attention through transformers' attention interface."
+        )
+    attention_modules = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "o_proj")]
+    if not attention_modules:
+        raise UnsupportedModelError(f"Found no attention layers in model type '{name}'.")
+
+    trained = pretrained_length(text_config)
+    if config.attention_length is None:
+        length = min(DEFAULT_ATTENTION_LENGTH, trained)
+        config.attention_length = length - length % config.chunk_size
+    config.check_attention_length(trained)
+
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    table = PositionTable(rotary, config.attention_length + config.chunk_size + 1)
+    state = ModelState(config=config, rotary=rotary, table=table, num_heads=heads, num_kv_heads=kv_heads)
+    for module in attention_modules:
+        module.longheads_state = state
+    model.longheads = state
+    if model.config._attn_implementation != ATTN_NAME:
+        model.longheads_previous_attn = model.config._attn_implementation
+    model.set_attn_implementation(ATTN_NAME)
+    if "generate" not in model.__dict__:
+        model.generate = _generate_with_longheads_cache(model)
+    return model
+
+
+def disable(model: PreTrainedModel) -> PreTrainedModel:
+    """Restore the attention implementation the model had before `enable`."""
+    if getattr(model, "longheads", None) is None:
+        return model
+    model.set_attn_implementation(getattr(model, "longheads_previous_attn", None) or "sdpa")
+    model.__dict__.pop("generate", None)
+    del model.longheads
+    return model
+
+
+def _generate_with_longheads_cache(model: PreTrainedModel):
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        if kwargs.get("past_key_values") is None and getattr(model, "longheads", None) is not None:
+            kwargs["past_key_values"] = LongHeadsCache(model)
+        return original(*args, **kwargs)
+
+    return generate
+
+
+def is_enabled(model: torch.nn.Module) -> bool:
+    return getattr(model, "longheads", None) is not None

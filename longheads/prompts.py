@@ -1,0 +1,13 @@
+"""Prompt layouts. The document comes first so that every question about it shares the cached prefix."""
+
+from __future__ import annotations
+
+DEFAULT_SYSTEM = "You are a helpful assistant. Answer questions using only the document you are given."
+
+
+def document_messages(document: str, question: str, system: str | None = DEFAULT_SYSTEM) -> list[dict]:
+    """Chat messages that put a whole document before the question."""
+    messages = [{"role": "system", "content": system}] if system else []
+    content = f"<document>\n{document}\n</document>\n\nQuestion: {question}"
+    messages.append({"role": "user", "content": content})
+    return messages

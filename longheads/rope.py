@@ -1,0 +1,48 @@
+"""Rotary position helpers.
+
+Transformers rotates queries and keys at their absolute positions before the attention function sees them.
+LongHeads needs them at *remapped* positions, so keys are cached without rotation (undone with the model's
+own cos/sin, which is exact) and rotated again at attention time by small positions only. This keeps
+position error from growing with the context: angles are never computed for positions beyond the
+attention length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+def undo_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # The inverse of a 2x2 rotation scaled by (cos^2 + sin^2): also exact for rope types that scale cos/sin.
+    return (x * cos - rotate_half(x) * sin) / (cos * cos + sin * sin)
+
+
+def model_cos_sin(rotary: torch.nn.Module, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """cos/sin [n, head_dim] exactly as the model computes them for `positions` in `dtype`."""
+    probe = torch.empty(0, device=positions.device, dtype=dtype)
+    cos, sin = rotary(probe, positions[None])
+    return cos[0], sin[0]
+
+
+class PositionTable:
+    """float32 cos/sin for positions 0..length-1, made once per device."""
+
+    def __init__(self, rotary: torch.nn.Module, length: int):
+        self.rotary = rotary
+        self.length = length
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._tables:
+            pos = torch.arange(self.length, device=device)
+            self._tables[device] = model_cos_sin(self.rotary, pos, torch.float32)
+        return self._tables[device]

@@ -1,0 +1,57 @@
+"""Which chunks every layer and head read while an answer was generated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SelectionTrace:
+    """The chunks each (step, layer, head) attended to.
+
+    ``selections[s, l, h]`` lists the chunk ids head ``h`` of layer ``l`` read at step ``s`` (step 0 is the
+    last prompt token, step i the i-th generated token), -1 for an unused slot. The first chunks
+    (attention sinks) and the chunks next to the query are always read; ``top_chunks`` leaves them out.
+    """
+
+    chunk_size: int
+    num_layers: int
+    num_heads: int
+    prompt_text: str
+    prompt_tokens: int
+    chunk_token_spans: list[tuple[int, int]]
+    chunk_char_spans: list[tuple[int, int]]
+    selections: torch.Tensor  # int32 [steps, layers, heads, slots]
+    sink_chunks: int = 1
+    recent_chunks: int = 1
+    always_kept: list[set[int]] = field(default_factory=list)  # per step: chunks every head reads by rule
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.chunk_token_spans)
+
+    def chunk_counts(self) -> torch.Tensor:
+        """[num_chunks]: how many (step, layer, head) triples read each chunk."""
+        ids = self.selections.flatten().long()
+        ids = ids[(ids >= 0) & (ids < self.num_chunks)]
+        return torch.bincount(ids, minlength=self.num_chunks)
+
+    def head_grid(self, chunk: int) -> torch.Tensor:
+        """[layers, heads]: at how many steps each head read `chunk`."""
+        return (self.selections == chunk).any(dim=-1).sum(dim=0)
+
+    def top_chunks(self, k: int = 5) -> list[int]:
+        """The `k` most read chunks among those chosen by score (sink and local chunks excluded)."""
+        counts = self.chunk_counts().clone()
+        for kept in self.always_kept:
+            for c in kept:
+                if c < len(counts):
+                    counts[c] = -1
+        order = torch.argsort(counts, descending=True, stable=True)
+        return [int(c) for c in order[:k] if counts[c] > 0]
+
+    def chunk_text(self, chunk: int) -> str:
+        start, end = self.chunk_char_spans[chunk]
+        return self.prompt_text[start:end]
