@@ -122,8 +122,9 @@ def turn(engine: Engine) -> Iterator[None]:
         start = time.perf_counter()
         # Each caption is also where Streamlit can stop this run if the user leaves or clicks something.
         while not engine.lock.acquire(timeout=0.5):
+            waited = time.perf_counter() - start
             note.caption(
-                f"⏳ Another session is using the model; waiting ({time.perf_counter() - start:.0f} s)…"
+                f":material/hourglass_top: Another session is using the model; waiting ({waited:.0f} s)…"
             )
         note.empty()
     try:
@@ -389,7 +390,10 @@ def document_panel(engine: Engine, doc: Doc) -> bool:
         st.error(f"**Too long for this model's maximum context.** {exc}")
         return False
     if held:
-        st.success(state().encoded.get(doc.digest, "Encoded: questions reuse the encoding."), icon="✅")
+        st.success(
+            state().encoded.get(doc.digest, "Encoded: questions reuse the encoding."),
+            icon=":material/check_circle:",
+        )
     else:
         note = (
             "Another session or model used the engine since; it will re-encode. "
@@ -424,7 +428,7 @@ def show_turn(t: Turn) -> None:
         if t.error:
             st.error(t.error)
         if t.stopped:
-            st.caption("⏹ Stopped.")
+            st.caption(":material/stop_circle: Stopped before the end.")
         if t.usage:
             st.caption(usage_line(t))
 
@@ -531,7 +535,9 @@ def heads_panel(engine: Engine, doc: Doc) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="longheads · ask a whole PDF", page_icon="📄", layout="wide")
+    st.set_page_config(
+        page_title="longheads · ask a whole PDF", page_icon=":material/picture_as_pdf:", layout="wide"
+    )
     st.markdown(
         "<style>.block-container{padding-top:2.2rem;padding-bottom:6rem}"
         "[data-testid='stMetricValue']{font-size:1.45rem}</style>",

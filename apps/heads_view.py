@@ -123,16 +123,11 @@ def escape_markdown(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~<$:])", r"\\\1", text)
 
 
-def strip_chart(view: ChunkView) -> alt.LayerChart:
+def strip_chart(view: ChunkView) -> alt.VConcatChart:
     """The whole prompt as one strip of chunks, coloured by how many heads read each, pages underneath."""
     table = view.table
     total = int(table["end"].max()) if len(table) else 1
-    x = alt.X(
-        "start:Q",
-        title=None,
-        scale=alt.Scale(domain=[0, total], nice=False, zero=True),
-        axis=alt.Axis(format="~s", labelExpr="datum.label + ' tok'", tickCount=8, grid=False),
-    )
+    domain = alt.Scale(domain=[0, total], nice=False, zero=True)
     click = alt.selection_point(name="chunk", fields=["chunk"], on="click", clear="dblclick")
     tooltip = [
         alt.Tooltip("chunk:Q", title="chunk"),
@@ -142,62 +137,78 @@ def strip_chart(view: ChunkView) -> alt.LayerChart:
         alt.Tooltip("kind:N", title="kind"),
         alt.Tooltip("snippet:N", title="text"),
     ]
-    top = max(float(table.loc[table["kind"] != ALWAYS_KEPT, "per_token"].max() or 0), 1e-9)
+    chosen = table.loc[table["kind"] != ALWAYS_KEPT, "per_token"]
+    top = max(float(chosen.max()) if len(chosen) else 0.0, 1e-9)
     colour = alt.condition(
         f"datum.kind == '{ALWAYS_KEPT}'",
-        alt.value("#cfd3dc"),
+        alt.value("#cbd2de"),
         alt.Color(
             "per_token:Q",
             title="heads per token",
-            scale=alt.Scale(scheme="lightgreyred", domain=[0, top], clamp=True),
-            legend=alt.Legend(orient="right", gradientLength=60, titleFontSize=10, labelFontSize=9),
+            scale=alt.Scale(scheme="orangered", domain=[0, top], clamp=True),
+            legend=alt.Legend(orient="right", gradientLength=44, titleFontSize=10, labelFontSize=9),
         ),
     )
     strip = (
         alt.Chart(table)
-        .mark_rect(stroke="white", strokeWidth=0.2 if len(table) > 150 else 0.6)
+        .mark_rect(stroke="white", strokeWidth=0.25 if len(table) > 150 else 0.8)
         .encode(
-            x=x,
+            x=alt.X("start:Q", scale=domain, axis=None),
             x2="end:Q",
-            y=alt.value(18),
-            y2=alt.value(74),
+            y=alt.value(16),
+            y2=alt.value(60),
             color=colour,
             tooltip=tooltip,
-            opacity=alt.condition(click, alt.value(1.0), alt.value(0.35)),
+            opacity=alt.condition(click, alt.value(1.0), alt.value(0.3)),
         )
         .add_params(click)
     )
     layers: list[alt.Chart] = [strip]
-    if len(view.pages):
-        band = (
-            alt.Chart(view.pages)
-            .mark_rect()
-            .encode(
-                x=alt.X("start:Q"),
-                x2="end:Q",
-                y=alt.value(78),
-                y2=alt.value(88),
-                color=alt.condition("datum.shade == 1", alt.value("#8d96a8"), alt.value("#c5cad6")),
-                tooltip=[alt.Tooltip("label:N", title="")],
-            )
-        )
-        layers.append(band)
     if view.top:
         marks = table.loc[view.top].assign(
             mid=lambda d: (d["start"] + d["end"]) / 2,
-            rank=[f"{i + 1}. {p}" for i, p in enumerate(table.loc[view.top, "pages"])],
+            rank=[f"{i + 1} · {p}" for i, p in enumerate(table.loc[view.top, "pages"])],
         )
         layers.append(
             alt.Chart(marks)
-            .mark_rule(color="#1f2937", strokeWidth=1.2)
-            .encode(x="mid:Q", y=alt.value(12), y2=alt.value(18))
+            .mark_rule(color="#111827", strokeWidth=1)
+            .encode(x=alt.X("mid:Q", scale=domain), y=alt.value(11), y2=alt.value(16))
         )
         layers.append(
             alt.Chart(marks)
-            .mark_text(fontSize=11, fontWeight="bold", color="#1f2937", dy=-1)
-            .encode(x="mid:Q", y=alt.value(6), text="rank:N")
+            .mark_text(fontSize=10.5, fontWeight="bold", color="#111827", baseline="bottom")
+            .encode(x=alt.X("mid:Q", scale=domain), y=alt.value(10), text="rank:N")
         )
-    return alt.layer(*layers).properties(height=112).configure_view(strokeWidth=0)
+    heads = alt.layer(*layers).properties(height=60)
+
+    pages = (
+        view.pages
+        if len(view.pages)
+        else pd.DataFrame({"start": [0], "end": [total], "label": [""], "shade": [0]})
+    )
+    band = (
+        alt.Chart(pages)
+        .mark_rect(stroke="white", strokeWidth=0.5)
+        .encode(
+            x=alt.X(
+                "start:Q",
+                scale=domain,
+                title=None,
+                axis=alt.Axis(
+                    format="~s",
+                    tickCount=8,
+                    grid=False,
+                    labelFontSize=10,
+                    labelExpr="datum.label + ' tokens'",
+                ),
+            ),
+            x2="end:Q",
+            color=alt.condition("datum.shade == 1", alt.value("#94a3b8"), alt.value("#cbd5e1")),
+            tooltip=[alt.Tooltip("label:N", title="page")],
+        )
+        .properties(height=10)
+    )
+    return alt.vconcat(heads, band, spacing=2).resolve_scale(x="shared").configure_view(strokeWidth=0)
 
 
 def grid_chart(grid: np.ndarray, steps: int) -> alt.Chart:
@@ -220,7 +231,7 @@ def grid_chart(grid: np.ndarray, steps: int) -> alt.Chart:
             color=alt.Color(
                 "share:Q",
                 title="of answer tokens",
-                scale=alt.Scale(scheme="lightgreyred", domain=[0, 1]),
+                scale=alt.Scale(scheme="orangered", domain=[0, 1]),
                 legend=alt.Legend(
                     format="%", orient="bottom", gradientLength=120, titleFontSize=10, labelFontSize=9
                 ),
@@ -278,7 +289,7 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
                     f"{row['per_token']:.1f} per answer token"
                 )
                 c0, c1 = trace.chunk_char_spans[c]
-                st.markdown(f"> {escape_markdown(snippet(trace.prompt_text[c0:c1], 900))}")
+                st.markdown(f"> {escape_markdown(snippet(trace.prompt_text[c0:c1], 420))}")
                 if row["page"]:
                     page = doc.pages[int(row["page"]) - 1]
                     with st.expander(f"Whole page {page.label}"):
@@ -299,7 +310,7 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
         row = table.loc[chunk]
         c0, c1 = trace.chunk_char_spans[chunk]
         st.caption(f"{row['kind']} · tokens {row['start']:,}–{row['end']:,} · {row['pages']}")
-        with st.container(height=300):
+        with st.container(height=230):
             st.text(trace.prompt_text[c0:c1])
     with right:
         grid = trace.head_grid(chunk).numpy()

@@ -57,7 +57,7 @@ def main() -> None:
         lh = LongHeadsModel(base.model, base.tokenizer, config, base.model_name)
         t0 = time.perf_counter()
         results = run_passkey(lh, lengths, args.samples, baseline_lengths=baseline if i == 0 else [],
-                              log=lambda s: print(name, s, flush=True))
+                              log=lambda s, name=name: print(name, s, flush=True))
         summary = summarize(results)
         report["variants"].append({"name": name, "config": config.to_dict(), "summary": summary,
                                    "seconds": time.perf_counter() - t0,
