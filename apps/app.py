@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +123,7 @@ def turn(engine: Engine) -> Iterator[None]:
         # Each caption is also where Streamlit can stop this run if the user leaves or clicks something.
         while not engine.lock.acquire(timeout=0.5):
             waited = time.perf_counter() - start
-            note.caption(
-                f":material/hourglass_top: Another session is using the model; waiting ({waited:.0f} s)…"
-            )
+            note.caption(f":material/hourglass_top: Another session is using the model; waiting ({waited:.0f} s)…")
         note.empty()
     try:
         yield
@@ -211,7 +209,7 @@ def sidebar() -> Engine | None:
                 with st.spinner(f"Loading {wanted.model_ref or EMBEDDED}…"):
                     get_engine(wanted)
                 ss.active_settings = wanted
-            except Exception as exc:  # noqa: BLE001 - any failed load must leave the app on its last model
+            except Exception as exc:  # any failed load must leave the app on its last model
                 st.error(f"**Settings not applied.** {describe(exc)}")
                 if "engine_ready" in ss:
                     st.caption("Still using the previous model and settings.")
@@ -219,7 +217,7 @@ def sidebar() -> Engine | None:
         try:
             with st.spinner(f"Loading {ss.active_settings.model_ref or EMBEDDED} (once per server)…"):
                 engine = get_engine(ss.active_settings)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # the sidebar says why; the page says what to do
             st.error(f"**The model could not be loaded.** {describe(exc)}")
             return None
         ss.engine_ready = True
@@ -256,6 +254,8 @@ def pick_document(messages: Any) -> Doc | None:
     )
     if source == "Bundled sample":
         paths = document.samples()
+        if "pending_sample" in ss:
+            ss.sample = ss.pop("pending_sample")
         if not paths:
             st.info("No sample PDFs in `samples/` yet.")
             return None
@@ -265,7 +265,19 @@ def pick_document(messages: Any) -> Doc | None:
             format_func=lambda p: f"{p.name} ({p.stat().st_size / 1e3:,.0f} kB)",
             key="sample",
         )
-        data, name = path.read_bytes(), path.name
+        with st.popover("Make a long PDF", icon=":material/note_add:"):
+            tokens = st.select_slider(
+                "Length", [16_000, 32_000, 64_000, 100_000], value=16_000, key="long_tokens",
+                format_func=lambda n: f"{n // 1000}k tokens",
+            )  # fmt: skip
+            st.caption("A chronicle of an invented harbour town with three facts on known pages.")
+            if st.button("Generate", key="make_long", type="primary"):
+                with st.spinner("Writing the PDF…"):
+                    made = document.make_long_sample(tokens)
+                # The picker already exists in this run; it takes the new file at the start of the next.
+                ss.pending_sample = made
+                st.rerun()
+        data, name, facts = path.read_bytes(), path.name, document.known_facts(path)
     else:
         upload = st.file_uploader(
             f"PDF (up to {document.MAX_UPLOAD_MB} MB)",
@@ -280,7 +292,7 @@ def pick_document(messages: Any) -> Doc | None:
                 "The whole document goes into one prompt: no retriever, no splitting."
             )
             return None
-        data, name = upload.getvalue(), upload.name
+        data, name, facts = upload.getvalue(), upload.name, ()
 
     digest = document.digest(data)
     cached: Doc | None = ss.get("doc")
@@ -288,7 +300,7 @@ def pick_document(messages: Any) -> Doc | None:
         return cached
     password = ss.get(f"password-{digest}") or None
     try:
-        doc = document.read(data, name, password=password)
+        doc = replace(document.read(data, name, password=password), facts=facts)
     except pdf.PDFError as exc:
         ss.doc = None
         with messages:
@@ -300,11 +312,6 @@ def pick_document(messages: Any) -> Doc | None:
                     key=f"password-{digest}",
                     help="The PDF is encrypted; its password opens it for this session only.",
                 )
-        return None
-    except Exception as exc:  # noqa: BLE001 - pypdf raises many types on malformed files; never crash on one
-        ss.doc = None
-        with messages:
-            st.error(f"**This PDF cannot be used.** {type(exc).__name__}: {exc}")
         return None
     ss.doc = doc
     return doc
@@ -331,31 +338,53 @@ def duration(seconds: float) -> str:
 
 
 def encode(engine: Engine, doc: Doc, n_tokens: int) -> None:
-    """Encodes the document into the engine's cache, with a live progress bar; caller holds the turn."""
+    """Encodes the document into the engine's cache under a live progress bar; the caller holds the turn."""
     bar = st.progress(0.0, text=f"Encoding {n_tokens:,} tokens…")
     start = time.perf_counter()
-    marks: list[tuple[int, float]] = []
+    marks: list[tuple[int, int, float]] = []  # (tokens done, total, when) as the engine reports them
+    failure: list[BaseException] = []
 
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        marks.append((done, now))
-        # Speed from the first report on: tokens reused from the cache arrive at once and are not speed.
-        d0, t0 = marks[0] if len(marks) > 1 else (0, start)
-        rate = (done - d0) / max(now - t0, 1e-6)
-        if rate > 0:
-            speed = f"{rate:,.0f} tokens/s · about {duration((total - done) / rate)} left"
-        else:
-            speed = f"about {duration(engine.estimate(total - done))} left"
-        bar.progress(min(done / max(total, 1), 1.0), text=f"Encoding: {done:,} / {total:,} tokens · {speed}")
+    def work() -> None:
+        try:
+            engine.lh.encode(prefix_messages(doc), progress=lambda d, t: marks.append((d, t, time.perf_counter())))
+            engine.holds = doc.digest
+        except BaseException as exc:  # handed over to the script thread, which shows it
+            failure.append(exc)
 
-    engine.lh.encode(prefix_messages(doc), progress=progress)
+    # The engine reports once per block of thousands of tokens and holds the thread in between. Encoding
+    # beside the script keeps the bar's clock live, and lets Streamlit end this run if the user leaves:
+    # the encoding then completes on its own and stays in the cache for the next question.
+    worker = threading.Thread(target=work, name="longheads-encode", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+        bar.progress(*progress_text(marks, n_tokens, start, engine))
+    if failure:
+        raise failure[0]
     seconds = time.perf_counter() - start
-    engine.holds = doc.digest
     engine.timings.append((n_tokens, seconds))
     bar.empty()
     state().encoded[doc.digest] = (
         f"Encoded {n_tokens:,} tokens in {duration(seconds)} ({n_tokens / seconds:,.0f} tokens/s)"
     )
+
+
+def progress_text(
+    marks: list[tuple[int, int, float]], n_tokens: int, start: float, engine: Engine
+) -> tuple[float, str]:
+    now = time.perf_counter()
+    elapsed = f"{duration(now - start)} elapsed"
+    if not marks:
+        return 0.0, f"Encoding {n_tokens:,} tokens · {elapsed}"
+    done, total, when = marks[-1]
+    # Speed from the first report on: tokens reused from the cache arrive at once and are not speed.
+    first, _, since = marks[0]
+    if done > first and when > since:
+        rate = (done - first) / (when - since)
+        speed = f"{rate:,.0f} tokens/s · about {duration(max((total - done) / rate - (now - when), 0))} left"
+    else:
+        speed = f"about {duration(max(engine.estimate(total - first) - (now - since), 0))} left (estimate)"
+    return min(done / max(total, 1), 1.0), f"Encoding: {done:,} / {total:,} tokens · {speed} · {elapsed}"
 
 
 def document_panel(engine: Engine, doc: Doc) -> bool:
@@ -409,8 +438,8 @@ def document_panel(engine: Engine, doc: Doc) -> bool:
             try:
                 with turn(engine):
                     encode(engine, doc, n_tokens)
-            except LongHeadsError as exc:
-                st.error(describe(exc))
+            except Exception as exc:  # a failed encode is reported; the app stays usable
+                st.error(f"**Encoding failed.** {describe(exc)}")
                 return False
             st.rerun()
     return True
@@ -445,6 +474,16 @@ def usage_line(t: Turn) -> str:
     )
 
 
+def suggestions(doc: Doc) -> str | None:
+    """The planted facts of a generated sample as one-click questions: the heads' view can then be checked
+    against the page that really holds the answer."""
+    with st.expander("Questions with known answers", icon=":material/lightbulb:"):
+        for i, (question, page) in enumerate(doc.facts):
+            if st.button(f"{question} — *answer on page {page}*", key=f"fact-{i}", type="tertiary"):
+                return question
+    return None
+
+
 def ask(engine: Engine, doc: Doc, question: str, n_tokens: int) -> None:
     ss = state()
     settings: Settings = ss.active_settings
@@ -475,7 +514,7 @@ def ask(engine: Engine, doc: Doc, question: str, n_tokens: int) -> None:
                     t.answer += piece
                     body.markdown(t.answer + " ▌")
                 t.stopped = False
-            except LongHeadsError as exc:
+            except Exception as exc:  # too long, out of memory, or an engine fault: shown in the chat
                 t.error = describe(exc)
             finally:
                 if stream is not None:
@@ -535,9 +574,7 @@ def heads_panel(engine: Engine, doc: Doc) -> None:
 
 
 def main() -> None:
-    st.set_page_config(
-        page_title="longheads · ask a whole PDF", page_icon=":material/picture_as_pdf:", layout="wide"
-    )
+    st.set_page_config(page_title="longheads · ask a whole PDF", page_icon=":material/picture_as_pdf:", layout="wide")
     st.markdown(
         "<style>.block-container{padding-top:2.2rem;padding-bottom:6rem}"
         "[data-testid='stMetricValue']{font-size:1.45rem}</style>",
@@ -565,6 +602,8 @@ def main() -> None:
     chat, heads = st.columns([5, 6], gap="large")
     question = st.chat_input(f"Ask about {doc.name}", disabled=not ready, key="question")
     with chat:
+        if doc.facts and ready:
+            question = suggestions(doc) or question
         for t in state().chats.get(doc.digest, []):
             show_turn(t)
         if question and ready:

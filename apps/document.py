@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from longheads import pdf
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+GENERATED = ROOT / "out" / "samples"  # long PDFs made on demand; out/ is not versioned
 MAX_UPLOAD_MB = 50
 
 
@@ -19,6 +24,8 @@ class Doc:
     n_bytes: int
     # Identity of the content, not of the upload: the same file uploaded twice reuses its encoding.
     digest: str
+    # (question, page) pairs whose answers the file is known to hold: the generated samples record them.
+    facts: tuple[tuple[str, int], ...] = ()
 
     @property
     def text(self) -> str:
@@ -48,5 +55,29 @@ def page_range(pages: list[pdf.PDFPage]) -> str:
 
 
 def samples() -> list[Path]:
-    """Bundled PDFs, smallest first; the generated long one is included once it exists."""
-    return sorted(SAMPLES.glob("**/*.pdf"), key=lambda p: (p.stat().st_size, p.name))
+    """Bundled PDFs and the long ones generated here, smallest first."""
+    found = [*SAMPLES.glob("*.pdf"), *GENERATED.glob("*.pdf")]
+    return sorted(found, key=lambda p: (p.stat().st_size, p.name))
+
+
+def known_facts(path: Path) -> tuple[tuple[str, int], ...]:
+    """The questions `samples/make_long_pdf.py` planted in a PDF, from the JSON it writes beside it."""
+    meta = path.with_suffix(".facts.json")
+    if not meta.is_file():
+        return ()
+    try:
+        return tuple((f["question"], int(f["page"])) for f in json.loads(meta.read_text())["facts"])
+    except (ValueError, KeyError, TypeError):
+        return ()
+
+
+def make_long_sample(tokens: int) -> Path:
+    """Writes a long PDF of prose with facts on known pages (the samples' generator) and returns its path."""
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    path = GENERATED / f"chronicle-{tokens // 1000}k.pdf"
+    # A separate process: the generator is a script, not part of the installed package.
+    subprocess.run(
+        [sys.executable, str(SAMPLES / "make_long_pdf.py"), str(path), "--tokens", str(tokens), "--facts", "3"],
+        check=True, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    return path

@@ -21,6 +21,7 @@ ALWAYS_KEPT = "always kept"
 DOCUMENT = "document"
 PROMPT = "prompt"
 TOP_K = 5
+SHOWN = 3  # passages shown before "more": the view must fit beside the chat
 
 
 @dataclass
@@ -142,12 +143,8 @@ def strip_chart(view: ChunkView) -> alt.VConcatChart:
     colour = alt.condition(
         f"datum.kind == '{ALWAYS_KEPT}'",
         alt.value("#cbd2de"),
-        alt.Color(
-            "per_token:Q",
-            title="heads per token",
-            scale=alt.Scale(scheme="orangered", domain=[0, top], clamp=True),
-            legend=alt.Legend(orient="right", gradientLength=44, titleFontSize=10, labelFontSize=9),
-        ),
+        # No legend: it would take width from 400 chunks; the tooltip gives every chunk's numbers.
+        alt.Color("per_token:Q", scale=alt.Scale(scheme="orangered", domain=[0, top], clamp=True), legend=None),
     )
     strip = (
         alt.Chart(table)
@@ -167,7 +164,7 @@ def strip_chart(view: ChunkView) -> alt.VConcatChart:
     if view.top:
         marks = table.loc[view.top].assign(
             mid=lambda d: (d["start"] + d["end"]) / 2,
-            rank=[f"{i + 1} · {p}" for i, p in enumerate(table.loc[view.top, "pages"])],
+            rank=[str(i + 1) for i in range(len(view.top))],
         )
         layers.append(
             alt.Chart(marks)
@@ -181,11 +178,7 @@ def strip_chart(view: ChunkView) -> alt.VConcatChart:
         )
     heads = alt.layer(*layers).properties(height=60)
 
-    pages = (
-        view.pages
-        if len(view.pages)
-        else pd.DataFrame({"start": [0], "end": [total], "label": [""], "shade": [0]})
-    )
+    pages = view.pages if len(view.pages) else pd.DataFrame({"start": [0], "end": [total], "label": [""], "shade": [0]})
     band = (
         alt.Chart(pages)
         .mark_rect(stroke="white", strokeWidth=0.5)
@@ -232,9 +225,7 @@ def grid_chart(grid: np.ndarray, steps: int) -> alt.Chart:
                 "share:Q",
                 title="of answer tokens",
                 scale=alt.Scale(scheme="orangered", domain=[0, 1]),
-                legend=alt.Legend(
-                    format="%", orient="bottom", gradientLength=120, titleFontSize=10, labelFontSize=9
-                ),
+                legend=alt.Legend(format="%", orient="bottom", gradientLength=120, titleFontSize=10, labelFontSize=9),
             ),
             tooltip=[
                 alt.Tooltip("layer:O"),
@@ -245,6 +236,24 @@ def grid_chart(grid: np.ndarray, steps: int) -> alt.Chart:
         )
         .properties(height=min(12 * layers, 420))
     )
+
+
+def passage(trace, doc: Doc, view: ChunkView, rank: int, chunk: int) -> None:
+    """One of the most read chunks: where it is, how many heads read it, its text, and its whole page."""
+    row = view.table.loc[chunk]
+    with st.container(border=True):
+        head, more = st.columns([4, 1], vertical_alignment="center")
+        head.markdown(
+            f"**{rank} · {row['pages']}** — read by **{row['distinct']}** of {view.heads} heads · "
+            f"chunk {chunk}, tokens {row['start']:,}–{row['end']:,}"
+        )
+        if row["page"]:
+            page = doc.pages[int(row["page"]) - 1]
+            with more.popover(f"Page {page.label}", width="stretch"):
+                with st.container(height=420, border=False):
+                    st.text(page.text)
+        c0, c1 = trace.chunk_char_spans[chunk]
+        st.caption(escape_markdown(snippet(trace.prompt_text[c0:c1], 300)))
 
 
 def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_length: int, key: str) -> None:
@@ -259,8 +268,9 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
         )
     st.caption(
         f"{len(table):,} chunks of {trace.chunk_size} tokens · {view.steps} answer tokens × "
-        f"{trace.num_layers} layers × {trace.num_heads} heads. Darker = more heads read that chunk; "
-        f"grey chunks (the start and the question) are always kept. Click a chunk to inspect it."
+        f"{trace.num_layers} layers × {trace.num_heads} heads. Darker chunks were read by more heads; grey ones "
+        "(the start and the question) are read by every head by rule; the band below marks the pages. "
+        "Numbers mark the most read passages. Click a chunk to inspect it."
     )
     event = st.altair_chart(
         strip_chart(view), on_select="rerun", selection_mode="chunk", key=f"{key}-strip", width="stretch"
@@ -280,20 +290,12 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
         )
     else:
         st.markdown("**Most read passages**")
-        for rank, c in enumerate(view.top, 1):
-            row = table.loc[c]
-            with st.container(border=True):
-                st.markdown(
-                    f"**{rank}. {row['pages']}** · chunk {c} · tokens {row['start']:,}–{row['end']:,} · "
-                    f"read by **{row['distinct']}** of {view.heads} heads, "
-                    f"{row['per_token']:.1f} per answer token"
-                )
-                c0, c1 = trace.chunk_char_spans[c]
-                st.markdown(f"> {escape_markdown(snippet(trace.prompt_text[c0:c1], 420))}")
-                if row["page"]:
-                    page = doc.pages[int(row["page"]) - 1]
-                    with st.expander(f"Whole page {page.label}"):
-                        st.text(page.text)
+        for rank, c in enumerate(view.top[:SHOWN], 1):
+            passage(trace, doc, view, rank, c)
+        if len(view.top) > SHOWN:
+            with st.expander(f"{len(view.top) - SHOWN} more"):
+                for rank, c in enumerate(view.top[SHOWN:], SHOWN + 1):
+                    passage(trace, doc, view, rank, c)
 
     st.markdown("**Which layers and heads read a chunk**")
     order = view.top + [c for c in table["chunk"] if c not in view.top]
@@ -310,7 +312,7 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
         row = table.loc[chunk]
         c0, c1 = trace.chunk_char_spans[chunk]
         st.caption(f"{row['kind']} · tokens {row['start']:,}–{row['end']:,} · {row['pages']}")
-        with st.container(height=230):
+        with st.container(height=190):
             st.text(trace.prompt_text[c0:c1])
     with right:
         grid = trace.head_grid(chunk).numpy()

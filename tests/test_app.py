@@ -151,7 +151,7 @@ def test_heads_view_with_real_selection_and_context_limit() -> None:
     assert answers(at)[0].strip()
     assert not any("fits in each head's window" in i.value for i in at.info)
     assert charts(at) == 2
-    passages = [m.value for m in at.markdown if re.match(r"\*\*\d\. pp?\. ", m.value)]
+    passages = [m.value for m in at.markdown if re.match(r"\*\*\d · pp?\. ", m.value)]
     assert passages, "the most read passages name their pages"
 
     # The layer x head grid follows the chunk picker (a click on the strip moves the picker too).
@@ -224,9 +224,7 @@ def test_settings_validation_and_failed_model_load(tmp_path: Path) -> None:
 def test_two_sessions_keep_their_own_documents_and_answers() -> None:
     first, second = new_session(), new_session()
     upload(first, "eddystone.pdf", SAMPLE.read_bytes())
-    harbour = text_pdf(
-        "The harbour of Porthwen has a blue crane.", "The crane lifts fishing boats in winter."
-    )
+    harbour = text_pdf("The harbour of Porthwen has a blue crane.", "The crane lifts fishing boats in winter.")
     upload(second, "harbour.pdf", harbour)
     assert metrics(first)["Pages"] == "5"
     assert metrics(second)["Pages"] == "2"
@@ -240,10 +238,26 @@ def test_two_sessions_keep_their_own_documents_and_answers() -> None:
     ask(first, "Who built the first lighthouse?")
     second.run()
     assert [cm.name for cm in first.chat_message] == ["user", "assistant"]
-    assert [cm.markdown[0].value for cm in second.chat_message if cm.name == "user"] == [
-        "What colour is the crane?"
-    ]
+    assert [cm.markdown[0].value for cm in second.chat_message if cm.name == "user"] == ["What colour is the crane?"]
     assert second.session_state["doc"].name == "harbour.pdf"
     # One model for both sessions: their token counts are keyed by the same engine.
     engines = {key[1] for at in (first, second) for key in at.session_state["tokens"]}
     assert len(engines) == 1
+
+
+def test_bundled_and_generated_samples() -> None:
+    at = new_session()
+    at.button_group(key="doc_source").set_value("Bundled sample")
+    at.run()
+    assert not at.exception, at.exception
+    assert metrics(at)["Pages"] == "5"  # the smallest bundled sample comes first: eddystone.pdf
+
+    # A long PDF made on demand, with its planted questions offered as one-click questions.
+    at.select_slider(key="long_tokens").set_value(16_000)
+    at.button(key="make_long").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="sample").value.name == "chronicle-16k.pdf"
+    assert int(metrics(at)["Tokens"].replace(",", "")) > 14_000
+    planted = [b.label for b in at.button if b.key and b.key.startswith("fact-")]
+    assert len(planted) == 3 and all("answer on page" in label for label in planted)

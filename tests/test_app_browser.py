@@ -1,0 +1,178 @@
+"""The app in a real browser: `streamlit run` on a free localhost port, driven by headless Chromium.
+
+Needs Debian's `chromium` package and the `playwright` Python package (its own browser download is never
+used); skips when either is missing. The screenshot goes to out/app.png, or to $LONGHEADS_SCREENSHOT
+(the README's docs/screenshot.png is made with LONGHEADS_SCREENSHOT=docs/screenshot.png and a long PDF
+given in $LONGHEADS_APP_PDF with its question in $LONGHEADS_APP_QUESTION).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "app.py"
+PDF = Path(os.environ.get("LONGHEADS_APP_PDF", ROOT / "samples" / "eddystone.pdf"))
+QUESTION = os.environ.get("LONGHEADS_APP_QUESTION", "Who designed the second lighthouse?")
+SCREENSHOT = ROOT / os.environ.get("LONGHEADS_SCREENSHOT", "out/app.png")
+ANSWER_TOKENS = os.environ.get("LONGHEADS_APP_ANSWER_TOKENS", "40")
+# Milliseconds. CPU runs share their cores with other work; a long PDF raises it through the environment.
+SLOW = int(os.environ.get("LONGHEADS_APP_TIMEOUT_S", "900")) * 1000
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    path = os.environ.get("LONGHEADS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.skip("no Chromium: install Debian's package (apt-get install chromium)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable, "-m", "streamlit", "run", str(APP),
+                "--server.headless=true", f"--server.port={port}", "--server.address=127.0.0.1",
+                "--server.fileWatcherType=none", "--browser.gatherUsageStats=false",
+            ],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.read() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def test_upload_ask_stream_stop_and_heads_view(app_url: str) -> None:
+    executable = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 2100})
+            page.set_default_timeout(SLOW)
+            run(page, app_url)
+        finally:
+            browser.close()
+
+
+def run(page, url: str) -> None:
+    page.goto(url)
+    # The first visit loads the model; the sidebar reports it once loaded.
+    page.get_by_text("max context").wait_for()
+    page.get_by_role("spinbutton", name="Answer length (max new tokens)", exact=True).fill(ANSWER_TOKENS)
+    page.get_by_role("button", name="Apply").click()
+    wait_idle(page)
+
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(PDF))
+    page.locator("[data-testid='stMetricLabel']").filter(has_text="Tokens").wait_for()
+    page.get_by_role("button", name="Encode the document").click()
+    page.get_by_text("Encoded ").wait_for()
+
+    # The answer streams: the last chat message grows, with a cursor, before its final form.
+    ask(page, QUESTION)
+    answer = page.locator("[data-testid='stChatMessage']").nth(1)
+    partials = watch_stream(answer)
+    assert len(set(partials)) >= 2, f"no streaming seen: {partials}"
+    page.get_by_text("from the document cache").wait_for()
+    final = answer.inner_text()
+    assert "▌" not in final and final.strip()
+
+    # The heads' view of this answer: the strip over the document and the layer x head grid.
+    page.get_by_text("Where the heads looked").wait_for()
+    charts = page.locator("[data-testid='stVegaLiteChart']")
+    charts.nth(1).wait_for()
+    page.get_by_text("Most read passages", exact=True).wait_for()
+    page.locator(
+        "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
+    ).first.wait_for()
+    wait_idle(page)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+    # Stop: a click ends generation mid-answer and keeps what was written.
+    ask(page, "Tell me the whole history of the lighthouse, tower by tower.")
+    streaming = page.locator("[data-testid='stChatMessage']").nth(3)
+    watch_stream(streaming, until_partials=1)
+    streaming.get_by_role("button", name="Stop").click()
+    page.get_by_text("Stopped before the end").wait_for()
+    assert streaming.inner_text().strip()
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def ask(page, question: str) -> None:
+    box = page.locator("[data-testid='stChatInputTextArea']")
+    box.fill(question)
+    box.press("Enter")
+
+
+def watch_stream(message, until_partials: int = 0) -> list[str]:
+    """Texts of a streaming message seen while its cursor shows; stops after `until_partials` (0: the end)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + SLOW / 1000
+    started = False
+    while time.monotonic() < deadline:
+        try:
+            text = message.inner_text(timeout=1000)
+        except Exception:  # noqa: BLE001 - the message is re-rendered between polls
+            text = ""
+        if "▌" in text:
+            started = True
+            if text.replace("▌", "").strip() and (not seen or seen[-1] != text):
+                seen.append(text)
+            if until_partials and len(seen) >= until_partials:
+                return seen
+        elif started:
+            return seen
+        time.sleep(0.1)
+    return seen
+
+
+def wait_idle(page) -> None:
+    """Until Streamlit's run finishes (the status widget goes away)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=SLOW)
+    time.sleep(0.5)
