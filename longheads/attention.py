@@ -116,14 +116,22 @@ def _select(layer: LongHeadsLayer, state: ModelState, q_block: torch.Tensor, cur
     else:
         scores = torch.einsum("hd,hcd->hc", query.to(layer.reps.dtype), layer.reps[:, :current]).float()
     if pooled and cfg.vote != "none":
-        scores = _pool_votes(layer, scores, cfg.vote)
+        scores = _pool_votes(layer, scores, cfg.vote, cfg.selected_chunks)
     groups = state.num_heads // state.num_kv_heads
     return choose_chunks(scores, current, cfg, groups).to(q_block.device)
 
 
-def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str) -> torch.Tensor:
+def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int) -> torch.Tensor:
     """Pool chunk scores over the question's tokens (and the answer's), so a chunk that any of them
     matched well stays selected for the tokens that follow."""
+    if vote == "rank":
+        ballot = torch.zeros_like(scores).scatter_(1, scores.topk(min(k, scores.shape[1]), dim=1).indices, 1.0)
+        previous = getattr(layer, "votes", None)
+        if previous is not None:
+            ballot[:, : previous.shape[1]] += previous
+        layer.votes = ballot
+        # Votes decide; the current token's own scores (squashed to (0, 1)) only break ties.
+        return ballot + torch.softmax(scores, dim=-1)
     if vote == "mass":
         scores = torch.softmax(scores, dim=-1)
     previous = getattr(layer, "votes", None)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import ConfigError
 
 SELECTION_METHODS = ("maxlogit", "paper")
-VOTES = ("none", "max", "mass")
+VOTES = ("none", "max", "mass", "rank")
 GRANULARITIES = ("head", "kv_group")
 
 
@@ -30,13 +30,14 @@ class LongHeadsConfig:
     # or "paper" (the paper's attention-pooled chunk representation).
     selection: str = "maxlogit"
     # "head": every query head picks its own chunks; "kv_group": heads that share keys pick together.
-    granularity: str = "head"
+    granularity: str = "kv_group"
     # The last `tail_tokens` tokens of every forward call pick chunks token by token; earlier tokens
     # pick once per chunk-sized block. Questions sit at the end of a prompt, where selection matters.
-    tail_tokens: int = 64
+    tail_tokens: int = 16
     # How the question's tokens pool their chunk scores: "none" (each token alone), "max" (running max
-    # of every earlier tail token's scores) or "mass" (running sum of each token's softmax over chunks).
-    vote: str = "none"
+    # of every earlier tail token's scores), "mass" (running sum of each token's softmax over chunks) or
+    # "rank" (each token gives one vote to each of its top chunks; ties go to the current token's scores).
+    vote: str = "rank"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
