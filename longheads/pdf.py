@@ -96,6 +96,7 @@ class PageHit:
 class _Trace(Protocol):
     prompt_text: str
     chunk_char_spans: Sequence[tuple[int, int]]
+    selections: Any  # [steps, layers, heads, slots]
 
     def chunk_counts(self) -> Any: ...
 
@@ -172,17 +173,30 @@ class PDFDocument:
         base = self.locate(trace.prompt_text)
         return [self.page_for_span(s - base, e - base) for s, e in trace.chunk_char_spans]
 
-    def pages_for_trace(self, trace: _Trace, k: int = 3) -> list[PageHit]:
+    def pages_for_trace(self, trace: _Trace, k: int = 3, baseline: _Trace | None = None) -> list[PageHit]:
         """The `k` pages the model's heads chose to read while answering, best first.
 
         Pages are ranked by their most selected chunk, as `trace.top_chunks` ranks chunks: the first chunks
         and those next to the question are read by every head by rule and say nothing, so they are left out.
+
+        Some chunks are read often whatever the question. `baseline`, the trace of another question about the
+        same document laid out the same way (a neutral one such as "What is this document about?"), takes
+        them out: chunks are then ranked by how much more often per step this answer's heads read them than
+        the baseline's did, and only chunks read more often count.
         """
         counts = [int(c) for c in trace.chunk_counts().tolist()]
+        ranked = trace.top_chunks(len(counts))
+        if baseline is not None:
+            if self.locate(baseline.prompt_text) != self.locate(trace.prompt_text):
+                raise ValueError("the baseline's prompt does not hold this document at the same place")
+            base = [int(c) for c in baseline.chunk_counts().tolist()]
+            steps, base_steps = max(len(trace.selections), 1), max(len(baseline.selections), 1)
+            gain = {c: counts[c] / steps - (base[c] / base_steps if c < len(base) else 0.0) for c in ranked}
+            ranked = sorted((c for c in ranked if gain[c] > 0), key=lambda c: -gain[c])
         pages = self.chunk_pages(trace)
         order: list[int] = []
         hits: dict[int, list[int]] = {}
-        for chunk in trace.top_chunks(len(counts)):
+        for chunk in ranked:
             page = pages[chunk] if chunk < len(pages) else None
             if page is None:
                 continue

@@ -19,6 +19,7 @@ from langchain_longheads import ChatLongHeads
 import longheads
 from longheads.pdf import read_pdf
 
+NEUTRAL = "What is this document about?"
 SYSTEM = "You are a helpful assistant. Answer questions using only the document you are given."
 # The document comes before the question: every question about it then shares the encoded prefix.
 PROMPT = ChatPromptTemplate.from_messages(
@@ -46,11 +47,19 @@ def main() -> None:
     doc.check_fits(n_tokens, engine.max_context, reserve=args.max_tokens + 64)
     print(f"{doc.name}: {doc.num_pages} pages, {n_tokens:,} tokens, model {engine.model_name}")
 
+    # A neutral first question encodes the whole document once; its trace shows which pages the heads read
+    # whatever is asked, so the pages listed below are those each question made them read more.
+    start = time.perf_counter()
+    about = chain.invoke({"document": doc.text, "question": NEUTRAL})
+    baseline = engine.last_trace
+    print(f"\nQ: {NEUTRAL}\nA: {about.content.strip()}\n   ({time.perf_counter() - start:.1f} s, document encoded)")
+
     for question in args.questions:
         start = time.perf_counter()
         answer = chain.invoke({"document": doc.text, "question": question})
         seconds = time.perf_counter() - start
-        pages = ", ".join(f"p. {hit.page.label}" for hit in doc.pages_for_trace(engine.last_trace, k=3))
+        hits = doc.pages_for_trace(engine.last_trace, k=3, baseline=baseline)
+        pages = ", ".join(f"p. {hit.page.label}" for hit in hits)
         cached = answer.usage_metadata["input_token_details"]["cache_read"]
         print(f"\nQ: {question}\nA: {answer.content.strip()}")
         print(f"   read most: {pages or '-'} | {seconds:.1f} s, {cached:,} prompt tokens reused from cache")

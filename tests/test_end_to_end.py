@@ -29,16 +29,20 @@ pytestmark = pytest.mark.slow
 MIN_TOKENS = 16_384
 
 
+NEUTRAL = "What is this document about?"
+
+
 class Book:
     def __init__(self, pdf: PDFDocument, facts: list[Fact], n_tokens: int) -> None:
         self.pdf, self.facts, self.n_tokens = pdf, facts, n_tokens
         self.times: dict[str, float] = {}
+        self.baseline: Any = None  # trace of the neutral question: what the heads read whatever is asked
 
 
 @pytest.fixture(scope="module")
 def book(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Book:
     path = tmp_path_factory.mktemp("e2e") / "chronicle.pdf"
-    facts = make_long_pdf(path, tokens=17_500, n_facts=3, positions=[0.1, 0.5, 0.9])
+    facts = make_long_pdf(path, tokens=17_000, n_facts=3, positions=[0.1, 0.5, 0.9])
     pdf = read_pdf(path)
     n_tokens = engine.count_tokens(pdf.text)
     assert n_tokens >= MIN_TOKENS, n_tokens
@@ -47,35 +51,48 @@ def book(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Book:
 
 
 def _check_answer(book: Book, fact: Fact, answer: str, engine: Any) -> None:
-    assert fact.answer.lower() in answer.lower(), f"asked {fact.question!r}, got {answer!r}"
-    hits = book.pdf.pages_for_trace(engine.last_trace, k=3)
+    hits = book.pdf.pages_for_trace(engine.last_trace, k=3, baseline=book.baseline)
     ranked = [hit.page.number for hit in hits]
-    print(f"   pages read most: {ranked} (fact on page {fact.page})")
+    print(f"   pages read more than for the neutral question: {ranked} (fact on page {fact.page})")
+    assert fact.answer.lower() in answer.lower(), f"asked {fact.question!r}, got {answer!r}"
     assert ranked and ranked[0] == fact.page, f"heads read pages {ranked} most; the fact is on {fact.page}"
 
 
 def test_langchain_answers_from_beginning_middle_and_end(book: Book, engine: Any) -> None:
-    chain = PROMPT | ChatLongHeads(engine=engine, max_tokens=24)
+    chain = PROMPT | ChatLongHeads(engine=engine, max_tokens=20, stop=["\n"])
+    # The first question encodes the whole document; its trace is the baseline of the page map.
+    start = time.perf_counter()
+    about = chain.invoke({"document": book.pdf.text, "question": NEUTRAL})
+    book.times["first"] = time.perf_counter() - start
+    book.baseline = engine.last_trace
+    print(f"first question ({book.times['first']:.1f} s, whole document encoded): {about.content.strip()!r}")
+    failures = []
     for i, fact in enumerate(book.facts):
         start = time.perf_counter()
         answer = chain.invoke({"document": book.pdf.text, "question": fact.question})
         seconds = time.perf_counter() - start
         cached = answer.usage_metadata["input_token_details"]["cache_read"]
-        book.times[f"langchain q{i + 1}"] = seconds
-        print(f"langchain q{i + 1} ({seconds:.1f} s, {cached:,} cached): {answer.content.strip()!r}")
+        book.times[f"langchain q{i + 2}"] = seconds
+        print(f"langchain q{i + 2} ({seconds:.1f} s, {cached:,} cached): {answer.content.strip()!r}")
         assert answer.usage_metadata["input_tokens"] > book.n_tokens
-        if i:
-            # Same document, new question: only the question is encoded again.
-            assert cached > book.n_tokens * 0.9
-        _check_answer(book, fact, answer.content, engine)
-    first, second = book.times["langchain q1"], book.times["langchain q2"]
+        # Same document, new question: only the question is encoded again.
+        assert cached > book.n_tokens * 0.9
+        try:
+            _check_answer(book, fact, answer.content, engine)
+        except AssertionError as e:
+            failures.append(str(e))
+    first, second = book.times["first"], book.times["langchain q2"]
     print(f"first question {first:.1f} s, second {second:.1f} s")
     assert second < first / 2
+    assert not failures, "\n".join(failures)
 
 
 def test_llamaindex_answers_from_beginning_middle_and_end(book: Book, engine: Any) -> None:
-    llm = LongHeads(engine=engine, max_new_tokens=24)
-    query_engine = WholeDocumentQueryEngine(llm, book.pdf.text, pdf=book.pdf, system_prompt=SYSTEM)
+    llm = LongHeads(engine=engine, max_new_tokens=20, stop=["\n"])
+    query_engine = WholeDocumentQueryEngine(
+        llm, book.pdf.text, pdf=book.pdf, baseline=book.baseline, system_prompt=SYSTEM
+    )
+    failures = []
     for i, fact in enumerate(reversed(book.facts)):
         start = time.perf_counter()
         response = query_engine.query(fact.question)
@@ -84,8 +101,12 @@ def test_llamaindex_answers_from_beginning_middle_and_end(book: Book, engine: An
         book.times[f"llamaindex q{i + 1}"] = seconds
         cached = usage["cached_tokens"]
         print(f"llamaindex q{i + 1} ({seconds:.1f} s, {cached:,} cached): {response.response.strip()!r}")
-        if i or "langchain q1" in book.times:
+        if i or book.baseline is not None:
             # After the LangChain test, which laid the document out the same way, even the first reuses it.
-            assert usage["cached_tokens"] > book.n_tokens * 0.9
-        _check_answer(book, fact, response.response, engine)
-        assert response.source_nodes[0].node.metadata["page_number"] == fact.page
+            assert cached > book.n_tokens * 0.9
+        try:
+            _check_answer(book, fact, response.response, engine)
+            assert response.source_nodes[0].node.metadata["page_number"] == fact.page
+        except AssertionError as e:
+            failures.append(str(e))
+    assert not failures, "\n".join(failures)

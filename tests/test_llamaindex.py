@@ -15,6 +15,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
 from llama_index.core.llms import CustomLLM
+from llama_index.core.node_parser import SentenceSplitter
 from llama_index.llms.longheads import LongHeads, WholeDocumentQueryEngine
 
 from longheads.pdf import read_pdf
@@ -149,11 +150,12 @@ async def test_async_variants_do_not_block_the_event_loop(llm: LongHeads) -> Non
 def test_query_engine_sends_the_whole_document_in_one_call(
     llm: LongHeads, engine: Any, llm_calls: list, tmp_path: Path
 ) -> None:
-    # About 3k tokens: three times LlamaIndex's default chunk of 1024, so its usual pipeline would split it.
+    # Over twice LlamaIndex's default chunk of 1024 tokens: its usual pipeline would split it.
     path = tmp_path / "chronicle.pdf"
-    (fact,) = make_long_pdf(path, tokens=3000, n_facts=1, positions=[0.5])
+    (fact,) = make_long_pdf(path, tokens=2400, n_facts=1, positions=[0.5])
     pdf = read_pdf(path)
     assert engine.count_tokens(pdf.text) > 2 * 1024
+    assert len(SentenceSplitter().split_text(pdf.text)) > 1  # what a default index would have made of it
 
     query_engine = WholeDocumentQueryEngine.from_pdf(llm, path)
     response = query_engine.query(fact.question)

@@ -254,6 +254,7 @@ class WholeDocumentQueryEngine(BaseQueryEngine):
         documents: Sequence[Document] | str,
         *,
         pdf: PDFDocument | None = None,
+        baseline: Any = None,
         system_prompt: str | None = None,
         max_new_tokens: int | None = None,
         callback_manager: CallbackManager | None = None,
@@ -264,6 +265,9 @@ class WholeDocumentQueryEngine(BaseQueryEngine):
             documents if isinstance(documents, str) else PAGE_SEPARATOR.join(d.text for d in documents)
         )
         self._pdf = pdf
+        # The trace of a neutral question about the same document ("What is this document about?"): source
+        # pages are then those this question made the heads read more than usual (PDFDocument.pages_for_trace).
+        self.baseline = baseline
         self._system = system_prompt
         self._max_new_tokens = max_new_tokens
 
@@ -298,7 +302,7 @@ class WholeDocumentQueryEngine(BaseQueryEngine):
         nodes: list[NodeWithScore] = []
         trace = self._llm.engine.last_trace
         if self._pdf is not None and trace is not None:
-            for hit in self._pdf.pages_for_trace(trace, k=3):
+            for hit in self._pdf.pages_for_trace(trace, k=3, baseline=self.baseline):
                 node = TextNode(
                     text=hit.page.text,
                     metadata={"page_label": hit.page.label, "page_number": hit.page.number},
