@@ -1,0 +1,114 @@
+"""LongHeads must not change a model whose whole sequence fits in the attention length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+import longheads
+
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             max_position_embeddings=512)
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+}
+
+
+def tiny_model(family: str, kv_heads: int) -> torch.nn.Module:
+    config_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    config = config_cls(**SMALL, num_attention_heads=4, num_key_value_heads=kv_heads, **extra)
+    config._attn_implementation = "sdpa"
+    return model_cls(config).eval()
+
+
+def lh_config(**kw) -> longheads.LongHeadsConfig:
+    return longheads.LongHeadsConfig(chunk_size=16, attention_length=256, **kw)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_prefill_decode_and_split_prefill_match_unmodified(family, kv_heads):
+    model = tiny_model(family, kv_heads)
+    ids = torch.randint(0, 128, (1, 200), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+        ref_steps = []
+        cache = DynamicCache(config=model.config)
+        model(ids[:, :150], past_key_values=cache, use_cache=True)
+        for t in range(150, 200):
+            ref_steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+
+        longheads.enable(model, lh_config())
+        assert model.config._attn_implementation == "longheads"
+        out = model(ids).logits  # no cache: state rebuilt from the full key/value
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+        cache = longheads.LongHeadsCache(model)
+        first = model(ids[:, :77], past_key_values=cache, use_cache=True).logits
+        second = model(ids[:, 77:150], past_key_values=cache, use_cache=True).logits
+        torch.testing.assert_close(torch.cat([first, second], 1), ref[:, :150], atol=2e-5, rtol=1e-4)
+        for t, expected in zip(range(150, 200), ref_steps):
+            step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+            torch.testing.assert_close(step, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_generate_matches_unmodified_below_attention_length():
+    model = tiny_model("llama", 2)
+    ids = torch.randint(0, 128, (1, 60), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
+        longheads.enable(model, lh_config())
+        out = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, ref)
+
+
+def test_disable_restores_the_original_attention():
+    model = tiny_model("llama", 2)
+    longheads.enable(model, lh_config())
+    longheads.disable(model)
+    assert model.config._attn_implementation == "sdpa"
+    assert not longheads.is_enabled(model)
+
+
+def test_beyond_attention_length_runs_and_differs_from_full_attention():
+    model = tiny_model("qwen2", 2)
+    ids = torch.randint(0, 128, (1, 700), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids).logits
+        longheads.enable(model, lh_config(tail_tokens=8))
+        cache = longheads.LongHeadsCache(model)
+        out = model(ids, past_key_values=cache, use_cache=True).logits
+    assert torch.isfinite(out).all()
+    # Below the attention length nothing changes; beyond it heads read only their chunks.
+    torch.testing.assert_close(out[:, :256], ref[:, :256], atol=2e-5, rtol=1e-4)
+    assert (out[:, 300:] - ref[:, 300:]).abs().max() > 1e-3
+
+
+def test_embedded_model_matches_unmodified(engine):
+    """The real default model: LongHeads (prompt below 4k tokens) gives the unmodified model's logits."""
+    model, tok = engine.model, engine.tokenizer
+    text = "The lighthouse keeper wrote in his log every night. " * 40
+    ids = tok(text, return_tensors="pt")["input_ids"][:, :400]
+    with torch.no_grad():
+        out = model(ids, past_key_values=longheads.LongHeadsCache(model), use_cache=True).logits
+        longheads.disable(model)
+        try:
+            ref = model(ids).logits
+        finally:
+            longheads.enable(model, engine.config)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)

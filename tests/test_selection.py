@@ -1,0 +1,125 @@
+"""Chunk selection, chunk representations and position remapping, checked directly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import longheads
+from longheads.attention import ModelState, _chunk_attention
+from longheads.cache import LongHeadsLayer
+from longheads.rope import PositionTable, apply_rope
+from longheads.selection import choose_chunks, paper_representation, score_maxlogit
+
+
+def cfg(**kw):
+    return longheads.LongHeadsConfig(chunk_size=16, attention_length=128, **kw)  # 8 slots, 5 selected
+
+
+@pytest.mark.parametrize("granularity", ["head", "kv_group"])
+@pytest.mark.parametrize("current", [8, 9, 20, 57])
+def test_choose_keeps_sink_and_recent_never_future_and_sorted(granularity, current):
+    config = cfg(granularity=granularity, recent_chunks=2)
+    scores = torch.randn(6, current, generator=torch.Generator().manual_seed(current))
+    chosen = choose_chunks(scores, current, config, groups=3)
+    assert chosen.shape == (6, config.slots - 1)
+    for row in chosen.tolist():
+        assert row == sorted(row) and len(set(row)) == len(row)
+        assert 0 in row and current - 1 in row and current - 2 in row
+        assert max(row) < current  # never the current chunk nor a future one
+    if granularity == "kv_group":
+        assert torch.equal(chosen[0], chosen[1]) and torch.equal(chosen[3], chosen[5])
+
+
+def test_choose_picks_the_best_scoring_chunks():
+    config = cfg()
+    scores = torch.zeros(1, 30)
+    best = [4, 11, 17, 22, 25]
+    scores[0, best] = 5.0
+    assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
+
+
+def test_maxlogit_finds_the_chunk_holding_the_matching_key():
+    torch.manual_seed(0)
+    w, d = 16, 32
+    keys = torch.randn(1, 10 * w, d) * 0.1
+    query = torch.randn(1, d)
+    table = torch.arange(d // 2).float()
+    cos = torch.cat([torch.cos(table * 0.0)] * 2)
+    sin = torch.cat([torch.sin(table * 0.0)] * 2)
+    keys[0, 7 * w + 5] = query[0] * 3  # the "needle"
+    scores = score_maxlogit(query, keys, 10, w, cos, sin)
+    assert scores.shape == (1, 10) and int(scores.argmax()) == 7
+
+
+def test_paper_representation_is_a_convex_combination_of_chunk_keys():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 16, 8), torch.randn(3, 16, 8), torch.randn(3, 16, 8)
+    cos, sin = torch.ones(16, 8), torch.zeros(16, 8)
+    rep = paper_representation(q, k, v, cos, sin, 8**-0.5)
+    assert rep.shape == (3, 8)
+    # Identical keys make any attention-weighted mix equal to that key.
+    same = torch.randn(1, 1, 8).expand(3, 16, 8)
+    torch.testing.assert_close(paper_representation(q, same, v, cos, sin, 1.0), same[:, 0])
+
+
+class _Rotary(torch.nn.Module):
+    def __init__(self, d=8, base=100.0):
+        super().__init__()
+        self.inv_freq = 1.0 / (base ** (torch.arange(0, d, 2).float() / d))
+
+    def forward(self, x, position_ids):
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat([freqs, freqs], -1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def test_selected_chunks_are_laid_out_within_the_attention_length():
+    """The attention over selected chunks equals a direct computation with keys placed at 0..S*w-1 and the
+    query right after them, whatever the chunks' original positions."""
+    torch.manual_seed(0)
+    config = cfg()
+    config.attention_length = 128
+    w, d, heads = 16, 8, 2
+    rotary = _Rotary(d)
+    state = ModelState(config, rotary, PositionTable(rotary, 200), num_heads=heads, num_kv_heads=1)
+    layer = LongHeadsLayer(rotary, w)
+    total = 50 * w + 5
+    k_pre, v = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
+    cos, sin = rotary(k_pre, torch.arange(total)[None])
+    layer.update(apply_rope(k_pre, cos[0], sin[0]), v)  # the cache stores them unrotated again
+    torch.testing.assert_close(layer.keys, k_pre, atol=1e-5, rtol=1e-5)
+
+    chunks = torch.tensor([[0, 3, 17, 30, 41, 48, 49], [0, 5, 6, 7, 20, 48, 49]])
+    q_pre = torch.randn(heads, 1, d)
+    pos = total - 1
+    out = _chunk_attention(layer, state, q_pre, pos, chunks, scaling=d**-0.5)
+
+    for h in range(heads):
+        idx = torch.cat([torch.arange(c * w, (c + 1) * w) for c in chunks[h].tolist()] + [torch.arange(50 * w, total)])
+        positions = torch.arange(len(idx))  # remapped: contiguous from 0
+        assert positions.max() < config.attention_length
+        kc, sc = rotary(k_pre, positions[None])
+        keys = apply_rope(k_pre[0, 0, idx], kc[0], sc[0])
+        qc, qs = rotary(k_pre, torch.tensor([[len(idx) - 1]]))
+        q = apply_rope(q_pre[h], qc[0], qs[0])
+        weights = torch.softmax((q @ keys.T) * d**-0.5, -1)
+        torch.testing.assert_close(out[h], weights @ v[0, 0, idx], atol=1e-5, rtol=1e-4)
+
+
+def test_trace_never_selects_future_chunks():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256)).eval()
+    longheads.enable(model, cfg(tail_tokens=4))
+    cache = longheads.LongHeadsCache(model)
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 500)), past_key_values=cache, use_cache=True)
+    for layer in cache.layers:
+        sel = layer.last_selection
+        assert sel.shape == (4, 8)
+        current = 499 // 16
+        assert (sel[:, -1] == current).all() and (sel[:, :-1] < current).all() and (sel[:, 0] == 0).all()
