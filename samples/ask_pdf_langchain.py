@@ -62,7 +62,8 @@ def main() -> None:
         pages = ", ".join(f"p. {hit.page.label}" for hit in hits)
         cached = answer.usage_metadata["input_token_details"]["cache_read"]
         print(f"\nQ: {question}\nA: {answer.content.strip()}")
-        print(f"   read most: {pages or '-'} | {seconds:.1f} s, {cached:,} prompt tokens reused from cache")
+        pages = pages or "no page stands out"
+        print(f"   read most: {pages} | {seconds:.1f} s, {cached:,} prompt tokens reused from cache")
 
 
 if __name__ == "__main__":

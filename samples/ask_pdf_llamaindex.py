@@ -48,7 +48,7 @@ def main() -> None:
         pages = ", ".join(f"p. {n.node.metadata['page_label']}" for n in response.source_nodes)
         print(f"\nQ: {question}\nA: {response.response.strip()}")
         print(
-            f"   read most: {pages or '-'} | {seconds:.1f} s, "
+            f"   read most: {pages or 'no page stands out'} | {seconds:.1f} s, "
             f"{usage.get('cached_tokens', 0):,} of {usage['prompt_tokens']:,} prompt tokens reused from cache"
         )
 
