@@ -125,9 +125,9 @@ class ChatLongHeads(BaseChatModel):
             "seed": kwargs.get("seed", self.seed),
         }
 
-    def _metadata(self, engine: Any, n_out: int, max_new_tokens: int) -> tuple[UsageMetadata, dict[str, Any]]:
+    def _metadata(self, engine: Any, max_new_tokens: int) -> tuple[UsageMetadata, dict[str, Any]]:
         usage = dict(engine.last_usage or {})
-        prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", n_out))
+        prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
         usage_metadata = UsageMetadata(
             input_tokens=prompt,
             output_tokens=completion,
@@ -162,7 +162,7 @@ class ChatLongHeads(BaseChatModel):
         engine = self.get_engine()
         options = self._options(engine, stop, kwargs)
         text = engine.generate(to_engine_messages(messages), **options)
-        usage, meta = self._metadata(engine, 0, options["max_new_tokens"])
+        usage, meta = self._metadata(engine, options["max_new_tokens"])
         message = AIMessage(content=text, usage_metadata=usage, response_metadata=meta)
         return ChatResult(
             generations=[ChatGeneration(message=message)], llm_output={"model_name": meta["model_name"]}
@@ -190,7 +190,7 @@ class ChatLongHeads(BaseChatModel):
 
     def _last_chunk(self, engine: Any, max_new_tokens: int) -> ChatGenerationChunk:
         # Usage and the model name go on one chunk only, so that adding chunks up counts them once.
-        usage, meta = self._metadata(engine, 0, max_new_tokens)
+        usage, meta = self._metadata(engine, max_new_tokens)
         message = AIMessageChunk(
             content="", usage_metadata=usage, response_metadata=meta, chunk_position="last"
         )
