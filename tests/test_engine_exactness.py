@@ -62,7 +62,7 @@ def test_prefill_decode_and_split_prefill_match_unmodified(family, kv_heads):
         first = model(ids[:, :77], past_key_values=cache, use_cache=True).logits
         second = model(ids[:, 77:150], past_key_values=cache, use_cache=True).logits
         torch.testing.assert_close(torch.cat([first, second], 1), ref[:, :150], atol=2e-5, rtol=1e-4)
-        for t, expected in zip(range(150, 200), ref_steps):
+        for t, expected in zip(range(150, 200), ref_steps, strict=True):
             step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
             torch.testing.assert_close(step, expected, atol=2e-5, rtol=1e-4)
 

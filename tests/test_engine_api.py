@@ -1,0 +1,105 @@
+"""The engine's public behaviour: configuration errors, unsupported models, limits, document cache, trace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import longheads
+from longheads.engine import LongHeadsModel
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"chunk_size": 8}, "chunk_size"),
+        ({"chunk_size": "256"}, "chunk_size"),
+        ({"attention_length": 1000}, "attention_length"),
+        ({"attention_length": 512}, "attention_length"),
+        ({"selection": "random"}, "selection"),
+        ({"granularity": "layer"}, "granularity"),
+        ({"vote": "loud"}, "vote"),
+        ({"sink_chunks": -1}, "sink_chunks"),
+        ({"max_context": 10}, "max_context"),
+        ({"cpu_offload": "yes"}, "cpu_offload"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs, field):
+    with pytest.raises(longheads.ConfigError, match=rf"LongHeadsConfig\.{field}=.*invalid"):
+        longheads.LongHeadsConfig(**kwargs)
+
+
+def test_attention_length_beyond_pretrained_length_is_refused(engine):
+    config = longheads.LongHeadsConfig(attention_length=16384)
+    with pytest.raises(longheads.ConfigError, match="pretrained length \\(8192\\)"):
+        longheads.enable(engine.model.__class__(engine.model.config), config)
+
+
+def test_model_without_rope_is_refused():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    with pytest.raises(longheads.UnsupportedModelError, match="no rotary position embedding"):
+        longheads.enable(gpt2)
+
+
+def test_bad_model_name_gives_a_load_error():
+    with pytest.raises(longheads.ModelLoadError, match="Could not load model"):
+        longheads.load("/nonexistent/model/path")
+
+
+def test_prompt_longer_than_max_context_is_refused(engine):
+    small = LongHeadsModel(engine.model, engine.tokenizer, longheads.LongHeadsConfig(max_context=512),
+                           engine.model_name)
+    try:
+        with pytest.raises(longheads.ContextTooLongError, match=r"is 1,\d{3} tokens long.*maximum context is 512"):
+            small.generate("word " * 1200)
+    finally:
+        longheads.enable(engine.model, engine.config)
+
+
+def test_generate_stream_stop_and_usage(engine):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    full = engine.generate(messages, max_new_tokens=40)
+    pieces = list(engine.stream(messages, max_new_tokens=40))
+    assert "".join(pieces) == full and len(pieces) > 1
+    assert "Paris" in full
+    # A multi-token stop string cuts the answer right before its first occurrence.
+    stop = full[full.index("Paris") :][:4]
+    stopped = engine.generate(messages, max_new_tokens=40, stop=[stop])
+    assert stopped == full[: full.index(stop)]
+    usage = engine.last_usage
+    assert usage["prompt_tokens"] > 10 and 0 < usage["completion_tokens"] <= 40
+
+
+def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
+    document = " ".join(f"Line {i}: the harbour bell rang {i % 7} times that evening." for i in range(400))
+    q1 = longheads.document_messages(document, "How many times did the bell ring on line 3?")
+    q2 = longheads.document_messages(document, "What rang in the harbour?")
+    engine.reset()
+    n = engine.encode(q1)
+    assert n > 4096  # beyond the attention length: LongHeads selection is active
+    first = engine.generate(q2, max_new_tokens=12)
+    assert engine.last_usage["cached_tokens"] >= n - 300
+    engine.reset()
+    fresh = engine.generate(q2, max_new_tokens=12)
+    assert engine.last_usage["cached_tokens"] == 0
+    assert first == fresh
+
+
+def test_trace_describes_chunks_and_selections(engine):
+    document = " ".join(f"Entry {i}: the tide table lists {i * 3} centimetres." for i in range(500))
+    engine.generate(longheads.document_messages(document, "What does entry 10 list?"), max_new_tokens=5)
+    trace = engine.last_trace
+    cfg = engine.config
+    assert trace.prompt_tokens > cfg.attention_length
+    assert trace.selections.shape[1:] == (engine.num_layers, engine.num_heads, cfg.slots)
+    assert trace.selections.shape[0] == engine.last_usage["completion_tokens"] + 1
+    assert trace.num_chunks == -(-(trace.prompt_tokens + engine.last_usage["completion_tokens"]) // cfg.chunk_size)
+    counts = trace.chunk_counts()
+    assert counts.shape == (trace.num_chunks,) and counts[0] == trace.selections[:, :, :, 0].numel()
+    assert trace.head_grid(0).shape == (engine.num_layers, engine.num_heads)
+    top = trace.top_chunks(5)
+    assert top and all(0 < c < trace.num_chunks for c in top)
+    start, end = trace.chunk_char_spans[top[0]]
+    assert 0 <= start < end <= len(trace.prompt_text) and "Entry" in trace.chunk_text(top[0])
+    assert torch.all(trace.selections < trace.num_chunks)
