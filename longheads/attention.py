@@ -98,6 +98,12 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     v = layer.values[0, :, :end].to(q_rot.device, non_blocking=True)
     k = apply_rope(k.float(), cos[:end], sin[:end]).to(q_rot.dtype)
     groups = heads // k.shape[0]
+    if start == 0:
+        # No explicit mask, so SDPA can take its fused causal kernels (the math path would materialise
+        # heads x tokens x tokens weights).
+        return F.scaled_dot_product_attention(
+            q_rot[None], k[None], v[None], is_causal=True, scale=scaling, enable_gqa=groups > 1
+        )[0]
     mask = torch.arange(end, device=q_rot.device)[None] <= torch.arange(start, end, device=q_rot.device)[:, None]
     return F.scaled_dot_product_attention(
         q_rot[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=groups > 1
@@ -154,11 +160,18 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     chunk_start = (pos // w) * w
     own = pos + m - chunk_start  # tokens of the current chunk visible to the last query
     storage = layer.keys.device
-    kv = _kv_index(state, storage)
-    tokens = (chunks.to(storage)[:, :, None] * w + torch.arange(w, device=storage)).flatten(1)  # [heads, S*w]
-    k = torch.cat([layer.keys[0][kv[:, None], tokens], layer.keys[0][kv, chunk_start : chunk_start + own]], 1)
-    v = torch.cat([layer.values[0][kv[:, None], tokens], layer.values[0][kv, chunk_start : chunk_start + own]], 1)
-    k, v = k.to(device, non_blocking=True), v.to(device, non_blocking=True)
+    groups = state.num_heads // state.num_kv_heads
+    if groups > 1 and state.config.granularity == "kv_group":
+        # Heads of a group read the same chunks: gather each KV head once and let SDPA share it (GQA).
+        kv, rows = torch.arange(state.num_kv_heads, device=storage), chunks[::groups]
+    else:
+        kv, rows = _kv_index(state, storage), chunks
+    tokens = torch.cat([
+        (rows.to(storage)[:, :, None] * w + torch.arange(w, device=storage)).flatten(1),
+        torch.arange(chunk_start, chunk_start + own, device=storage).expand(len(kv), -1),
+    ], 1)  # [kv rows, S*w + own]: one gather for the selected chunks and the query's own chunk
+    k = layer.keys[0][kv[:, None], tokens].to(device, non_blocking=True)
+    v = layer.values[0][kv[:, None], tokens].to(device, non_blocking=True)
     cos, sin = state.table.get(device)
     span = n_sel * w + own
     k = apply_rope(k.float(), cos[:span], sin[:span]).to(dtype)
@@ -166,7 +179,8 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     q = apply_rope(q_pre, cos[q_at : q_at + m], sin[q_at : q_at + m]).to(dtype)
     key_pos = torch.arange(span, device=device)
     mask = key_pos[None] <= torch.arange(q_at, q_at + m, device=device)[:, None]
-    return F.scaled_dot_product_attention(q[None], k[None], v.to(dtype)[None], attn_mask=mask, scale=scaling)[0]
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling,
+                                          enable_gqa=len(kv) != heads)[0]
 
 
 def _all_chunks(last_pos: int, cfg: LongHeadsConfig, heads: int, device: torch.device) -> torch.Tensor:

@@ -78,8 +78,7 @@ def test_selected_chunks_are_laid_out_within_the_attention_length():
     """The attention over selected chunks equals a direct computation with keys placed at 0..S*w-1 and the
     query right after them, whatever the chunks' original positions."""
     torch.manual_seed(0)
-    config = cfg()
-    config.attention_length = 128
+    config = cfg(granularity="head")
     w, d, heads = 16, 8, 2
     rotary = _Rotary(d)
     state = ModelState(config, rotary, PositionTable(rotary, 200), num_heads=heads, num_kv_heads=1)
