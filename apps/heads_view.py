@@ -22,6 +22,7 @@ DOCUMENT = "document"
 PROMPT = "prompt"
 TOP_K = 5
 SHOWN = 3  # passages shown before "more": the view must fit beside the chat
+CACHED_VIEWS = 4  # answers whose built view a session keeps
 
 
 @dataclass
@@ -244,8 +245,8 @@ def passage(trace, doc: Doc, view: ChunkView, rank: int, chunk: int) -> None:
     with st.container(border=True):
         head, more = st.columns([4, 1], vertical_alignment="center")
         head.markdown(
-            f"**{rank} · {row['pages']}** — read by **{row['distinct']}** of {view.heads} heads · "
-            f"chunk {chunk}, tokens {row['start']:,}–{row['end']:,}"
+            f"**{rank} · {row['pages']}** — read by **{row['per_token']:.0f}** of {view.heads} heads per answer "
+            f"token · chunk {chunk}, tokens {row['start']:,}–{row['end']:,}"
         )
         if row["page"]:
             page = doc.pages[int(row["page"]) - 1]
@@ -258,8 +259,14 @@ def passage(trace, doc: Doc, view: ChunkView, rank: int, chunk: int) -> None:
 
 def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_length: int, key: str) -> None:
     """Draws the heads' view of one answer in the current Streamlit container."""
-    view = build(trace, doc, sink_chunks, recent_chunks)
-    table = view.table
+    # Built once per answer: later reruns (a click, the chunk picker) reuse the table and the chart's spec.
+    cache: dict = st.session_state.setdefault("heads_view_cache", {})
+    if key not in cache:
+        view = build(trace, doc, sink_chunks, recent_chunks)
+        while len(cache) >= CACHED_VIEWS:
+            cache.pop(next(iter(cache)))
+        cache[key] = (view, strip_chart(view).to_dict())
+    view, spec = cache[key]
     if trace.prompt_tokens + view.steps <= attention_length:
         st.info(
             f"The whole prompt ({trace.prompt_tokens:,} tokens) fits in each head's window of "
@@ -267,14 +274,19 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
             "for longer documents. Try a long PDF to see the heads pick."
         )
     st.caption(
-        f"{len(table):,} chunks of {trace.chunk_size} tokens · {view.steps} answer tokens × "
+        f"{len(view.table):,} chunks of {trace.chunk_size} tokens · {view.steps} answer tokens × "
         f"{trace.num_layers} layers × {trace.num_heads} heads. Darker chunks were read by more heads; grey ones "
         "(the start and the question) are read by every head by rule; the band below marks the pages. "
         "Numbers mark the most read passages. Click a chunk to inspect it."
     )
-    event = st.altair_chart(
-        strip_chart(view), on_select="rerun", selection_mode="chunk", key=f"{key}-strip", width="stretch"
-    )
+    interactive(trace, doc, view, spec, key)
+
+
+# A fragment: clicking the strip or picking a chunk reruns only this view, not the chat and the document.
+@st.fragment
+def interactive(trace, doc: Doc, view: ChunkView, spec: dict, key: str) -> None:
+    table = view.table
+    event = st.vega_lite_chart(spec, on_select="rerun", selection_mode="chunk", key=f"{key}-strip", width="stretch")
 
     choice_key = f"{key}-chunk"
     clicked = [p["chunk"] for p in (event.selection.get("chunk") or [])] if event else []
@@ -307,7 +319,9 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
             "Chunk",
             order,
             key=choice_key,
-            format_func=lambda c: f"chunk {c} · {table.at[c, 'pages']} · {table.at[c, 'distinct']} heads",
+            format_func=lambda c: (
+                f"chunk {c} · {table.at[c, 'pages']} · {table.at[c, 'per_token']:.0f} heads per token"
+            ),
         )
         row = table.loc[chunk]
         c0, c1 = trace.chunk_char_spans[chunk]

@@ -261,3 +261,68 @@ def test_bundled_and_generated_samples() -> None:
     assert int(metrics(at)["Tokens"].replace(",", "")) > 14_000
     planted = [b.label for b in at.button if b.key and b.key.startswith("fact-")]
     assert len(planted) == 3 and all("answer on page" in label for label in planted)
+
+
+def _long_trace(n_chunks: int = 400, chunk: int = 256, steps: int = 65):
+    """A SelectionTrace shaped like a 100k-token answer of the embedded model, over a real PDFDocument.
+
+    The selections are drawn at random: this measures how the heads' view scales, not what a model reads.
+    """
+    import torch
+
+    from longheads import SelectionTrace
+    from longheads.pdf import PAGE_SEPARATOR, PDFDocument, PDFPage
+
+    texts = [f"Page {i + 1}. " + "The tide came in over the harbour wall. " * 25 for i in range(400)]
+    pages, at = [], 0
+    for i, text in enumerate(texts):
+        pages.append(PDFPage(index=i, label=str(i + 1), text=text, start=at, end=at + len(text)))
+        at += len(text) + len(PAGE_SEPARATOR)
+    doc = PDFDocument(pages=tuple(pages), text=PAGE_SEPARATOR.join(texts), name="long.pdf")
+    prompt = "<|im_start|>user\n<document>\n" + doc.text + "\n</document>\n\nQuestion: where?<|im_end|>\n"
+    per = len(prompt) / n_chunks
+    trace = SelectionTrace(
+        chunk_size=chunk,
+        num_layers=30,
+        num_heads=9,
+        prompt_text=prompt,
+        prompt_tokens=n_chunks * chunk,
+        chunk_token_spans=[(i * chunk, (i + 1) * chunk) for i in range(n_chunks)],
+        chunk_char_spans=[(round(i * per), round((i + 1) * per)) for i in range(n_chunks)],
+        selections=torch.randint(0, n_chunks, (steps, 30, 9, 16), generator=torch.Generator().manual_seed(0)).int(),
+    )
+    return trace, doc
+
+
+def test_heads_view_stays_fast_for_a_100k_token_document() -> None:
+    import sys
+    import time
+
+    sys.path.insert(0, str(APP.parent))
+    import document
+    import heads_view
+
+    trace, parsed = _long_trace()
+    doc = document.Doc("long.pdf", parsed, 0, "0" * 64)
+    start = time.perf_counter()
+    view = heads_view.build(trace, doc, sink_chunks=1, recent_chunks=1)
+    heads_view.strip_chart(view).to_dict()
+    heads_view.grid_chart(trace.head_grid(view.top[0]).numpy(), view.steps).to_dict()
+    assert time.perf_counter() - start < 3.0
+    assert len(view.table) == 400 and len(view.pages) == 400
+    assert view.table.at[200, "pages"].startswith("p")
+
+    def page() -> None:
+        import heads_view
+        import streamlit as st
+
+        trace, doc = st.session_state["case"]
+        heads_view.show(trace, doc, sink_chunks=1, recent_chunks=1, attention_length=4096, key="long")
+
+    at = AppTest.from_function(page, default_timeout=120)
+    at.session_state["case"] = (trace, doc)
+    start = time.perf_counter()
+    at.run()
+    assert not at.exception, at.exception
+    assert charts(at) == 2
+    assert time.perf_counter() - start < 10.0

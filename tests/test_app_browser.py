@@ -127,12 +127,21 @@ def run(page, url: str) -> None:
     charts = page.locator("[data-testid='stVegaLiteChart']")
     charts.nth(1).wait_for()
     page.get_by_text("Most read passages", exact=True).wait_for()
-    page.locator(
-        "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg"
-    ).first.wait_for()
+    page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for()
     wait_idle(page)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
+
+    # A click on the strip picks that chunk for the layer x head grid, rerunning only the heads' view.
+    picker = page.get_by_role("combobox", name="Chunk", exact=True)
+    before = picker.input_value()
+    box = charts.nth(0).bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + 38)
+    deadline = time.monotonic() + 30
+    while picker.input_value() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert picker.input_value() != before, "a click on the strip did not pick its chunk"
 
     # Stop: a click ends generation mid-answer and keeps what was written.
     ask(page, "Tell me the whole history of the lighthouse, tower by tower.")
