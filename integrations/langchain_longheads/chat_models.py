@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -23,6 +23,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 import longheads
+from longheads.threads import iterate_in_thread
 
 _ENGINES: dict[tuple, Any] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -222,7 +223,7 @@ class ChatLongHeads(BaseChatModel):
         # Loading a model by name takes seconds: do that off the loop too.
         engine = await asyncio.to_thread(self.get_engine)
         options = self._options(engine, stop, kwargs)
-        async for piece in _iterate_in_thread(lambda: engine.stream(to_engine_messages(messages), **options)):
+        async for piece in iterate_in_thread(lambda: engine.stream(to_engine_messages(messages), **options)):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
@@ -286,52 +287,3 @@ def _to_message(chunk: Any) -> AIMessage:
         response_metadata=chunk.response_metadata,
         id=chunk.id,
     )
-
-
-async def _iterate_in_thread(make_iterator: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Run a blocking iterator in one worker thread and hand its items to the event loop.
-
-    One thread for the whole iteration, not one per item: the engine holds its lock inside the generator,
-    and a lock must be released by the thread that took it. Stopping early closes the iterator in that
-    thread, which stops the generation.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stopped = threading.Event()
-    done = object()
-
-    def put(item: Any, exc: BaseException | None = None) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (item, exc))
-        except RuntimeError:
-            stopped.set()  # the loop is gone: nobody is listening any more
-
-    def work() -> None:
-        try:
-            iterator = make_iterator()
-            try:
-                for item in iterator:
-                    if stopped.is_set():
-                        break
-                    put(item)
-            finally:
-                close = getattr(iterator, "close", None)
-                if close:
-                    close()
-            put(done)
-        except BaseException as exc:  # handed to the consumer and raised there
-            put(done, exc)
-
-    worker = threading.Thread(target=work, name="longheads-stream", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, exc = await queue.get()
-            if item is done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stopped.set()
-        await asyncio.to_thread(worker.join)

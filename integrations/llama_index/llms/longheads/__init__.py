@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -36,6 +36,7 @@ from llama_index.core.schema import Document, NodeWithScore, QueryBundle, TextNo
 
 import longheads
 from longheads.pdf import PAGE_SEPARATOR, PDFDocument, PDFSource, read_pdf
+from longheads.threads import iterate_in_thread
 
 __all__ = ["LongHeads", "WholeDocumentQueryEngine"]
 
@@ -172,7 +173,7 @@ class LongHeads(CustomLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         sync = self._completion_stream(self._pieces(self._prompt(prompt, formatted), kwargs))
-        return _iterate_in_thread(lambda: sync)
+        return iterate_in_thread(lambda: sync)
 
     # --- chat ----------------------------------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class LongHeads(CustomLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         sync = self._chat_stream(self._pieces(to_engine_messages(messages), kwargs))
-        return _iterate_in_thread(lambda: sync)
+        return iterate_in_thread(lambda: sync)
 
 
 def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -320,52 +321,3 @@ class WholeDocumentQueryEngine(BaseQueryEngine):
 
     def _get_prompt_modules(self) -> dict[str, Any]:
         return {}
-
-
-async def _iterate_in_thread(make_iterator: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Run a blocking iterator in one worker thread and hand its items to the event loop.
-
-    One thread for the whole iteration, not one per item: the engine holds its lock inside the generator,
-    and a lock must be released by the thread that took it. Stopping early closes the iterator in that
-    thread, which stops the generation.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stopped = threading.Event()
-    done = object()
-
-    def put(item: Any, exc: BaseException | None = None) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (item, exc))
-        except RuntimeError:
-            stopped.set()  # the loop is gone: nobody is listening any more
-
-    def work() -> None:
-        try:
-            iterator = make_iterator()
-            try:
-                for item in iterator:
-                    if stopped.is_set():
-                        break
-                    put(item)
-            finally:
-                close = getattr(iterator, "close", None)
-                if close:
-                    close()
-            put(done)
-        except BaseException as exc:  # handed to the consumer and raised there
-            put(done, exc)
-
-    worker = threading.Thread(target=work, name="longheads-stream", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, exc = await queue.get()
-            if item is done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stopped.set()
-        await asyncio.to_thread(worker.join)
