@@ -26,8 +26,8 @@ __all__ = [
     "is_enabled",
 ]
 
-from .engine import LongHeadsModel, load  # noqa: E402
+from .engine import LongHeadsModel, load, load_shared  # noqa: E402
 from .prompts import document_messages  # noqa: E402
 from .trace import SelectionTrace  # noqa: E402
 
-__all__ += ["LongHeadsModel", "SelectionTrace", "document_messages", "load"]
+__all__ += ["LongHeadsModel", "SelectionTrace", "document_messages", "load", "load_shared"]

@@ -266,3 +266,18 @@ def load(model: str | None = None, *, config: LongHeadsConfig | None = None, dev
     device = resolve_device(device)
     lm, tokenizer, name = load_model_and_tokenizer(model, device, resolve_dtype(dtype, device))
     return LongHeadsModel(lm, tokenizer, config, name)
+
+
+_SHARED: dict[tuple, LongHeadsModel] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def load_shared(model: str | None = None, *, config: LongHeadsConfig | None = None, device: str | None = None,
+                dtype: str | torch.dtype | None = None) -> LongHeadsModel:
+    """`load`, but one engine per (model, config, device, dtype) in the process: integrations built from a model
+    name share it (and its document cache) instead of loading the weights again."""
+    key = (model, device, str(dtype), repr(config))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = load(model, config=config, device=device, dtype=dtype)
+        return _SHARED[key]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -22,21 +21,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-import longheads
+from longheads.engine import load_shared
 from longheads.threads import iterate_in_thread
-
-_ENGINES: dict[tuple, Any] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _shared_engine(model: str | None, device: str | None, dtype: str | None, config: Any) -> Any:
-    """One engine per (model, device, dtype, config) in the process: chat models built from a name share it,
-    so building a second ChatLongHeads never loads the weights twice."""
-    key = (model, device, dtype, repr(config))
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = longheads.load(model, config=config, device=device, dtype=dtype)
-        return _ENGINES[key]
 
 
 class ChatLongHeads(BaseChatModel):
@@ -95,7 +81,9 @@ class ChatLongHeads(BaseChatModel):
         if self.engine is not None:
             return self.engine
         if self._loaded is None:
-            self._loaded = _shared_engine(self.model_name, self.device, self.dtype, self.longheads_config)
+            self._loaded = load_shared(
+                self.model_name, config=self.longheads_config, device=self.device, dtype=self.dtype
+            )
         return self._loaded
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

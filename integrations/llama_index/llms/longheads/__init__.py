@@ -10,7 +10,6 @@ and a query engine that sends a whole document to it in one call.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -35,22 +34,11 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import Document, NodeWithScore, QueryBundle, TextNode
 
 import longheads
+from longheads.engine import load_shared
 from longheads.pdf import PAGE_SEPARATOR, PDFDocument, PDFSource, read_pdf
 from longheads.threads import iterate_in_thread
 
 __all__ = ["LongHeads", "WholeDocumentQueryEngine"]
-
-_ENGINES: dict[tuple, Any] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _shared_engine(model: str | None, device: str | None, dtype: str | None, config: Any) -> Any:
-    # One engine per model and settings in the process, so a second LongHeads never loads the weights again.
-    key = (model, device, dtype, repr(config))
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = longheads.load(model, config=config, device=device, dtype=dtype)
-        return _ENGINES[key]
 
 
 class LongHeads(CustomLLM):
@@ -91,7 +79,7 @@ class LongHeads(CustomLLM):
     def engine(self) -> Any:
         """The engine this LLM runs on, loading it now if it was given by name."""
         if self._engine is None:
-            self._engine = _shared_engine(self.model_name, self.device, self.dtype, self._config)
+            self._engine = load_shared(self.model_name, config=self._config, device=self.device, dtype=self.dtype)
         return self._engine
 
     @property
