@@ -100,16 +100,44 @@ def test_upload_ask_stream_stop_and_heads_view(app_url: str) -> None:
             browser.close()
 
 
-def run(page, url: str) -> None:
+def test_two_sessions_at_once(app_url: str) -> None:
+    """Two tabs ask at the same time: both get answers, each sees only its own chat."""
+    executable = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            tabs = [browser.new_page(viewport={"width": 1280, "height": 1400}) for _ in range(2)]
+            for tab in tabs:
+                tab.set_default_timeout(SLOW)
+                open_with_pdf(tab, app_url, ROOT / "samples" / "eddystone.pdf", answer_tokens="16")
+            questions = ["Who built the first lighthouse?", "What was the lantern made of?"]
+            for tab, question in zip(tabs, questions, strict=True):
+                ask(tab, question)
+            for tab, question, other in zip(tabs, questions, reversed(questions), strict=True):
+                tab.get_by_text("from the document cache").wait_for()
+                chat = tab.locator("[data-testid='stChatMessage']")
+                assert chat.count() == 2
+                assert question in chat.nth(0).inner_text()
+                assert other not in tab.locator("body").inner_text(timeout=10_000)
+        finally:
+            browser.close()
+
+
+def open_with_pdf(page, url: str, pdf: Path, answer_tokens: str) -> None:
     page.goto(url)
     # The first visit loads the model; the sidebar reports it once loaded.
     page.get_by_text("max context").wait_for()
-    page.get_by_role("spinbutton", name="Answer length (max new tokens)", exact=True).fill(ANSWER_TOKENS)
+    page.get_by_role("spinbutton", name="Answer length (max new tokens)", exact=True).fill(answer_tokens)
     page.get_by_role("button", name="Apply").click()
     wait_idle(page)
-
-    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(PDF))
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(pdf))
     page.locator("[data-testid='stMetricLabel']").filter(has_text="Tokens").wait_for()
+    wait_idle(page)
+
+
+def run(page, url: str) -> None:
+    open_with_pdf(page, url, PDF, ANSWER_TOKENS)
     page.get_by_role("button", name="Encode the document").click()
     page.get_by_text("Encoded ").wait_for()
 
