@@ -53,6 +53,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Skip before starting a server that no browser could drive.
+    chromium()
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
