@@ -44,7 +44,6 @@ class LongHeadsLayer(CacheLayerMixin):
         # (unrotated) queries of the chunk being filled, which its representation needs.
         self.reps: torch.Tensor | None = None  # [heads, chunks, head_dim]
         self.pending_queries: torch.Tensor | None = None  # [heads, tokens, head_dim]
-        self.compute_device: torch.device | None = None
         self.returned_keys: torch.Tensor | None = None
         self.tail_enabled = True
         # Chunk ids [heads, slots] the last query of the latest call read (for the selection trace).
@@ -52,7 +51,7 @@ class LongHeadsLayer(CacheLayerMixin):
 
     # --- storage -------------------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.compute_device = key_states.dtype, key_states.device
+        self.dtype = key_states.dtype
         self.device = torch.device("cpu") if self.offload_to_cpu else key_states.device
         self._k = self._alloc(key_states, 0)
         self._v = self._alloc(value_states, 0)
