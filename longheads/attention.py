@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import fast
 from .cache import LongHeadsLayer, current_layer
 from .config import LongHeadsConfig
 from .rope import PositionTable, apply_rope, model_cos_sin, undo_rope
@@ -72,6 +73,9 @@ def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scali
     if n > 1:
         layer.votes = None  # a new prompt (or piece): the question's pooled scores start afresh
     pos = max(start, plain_end)
+    if pos < total and use_fast_path(cfg, device, d):
+        fast.attend_selected(layer, state, q_pre, start, pos, per_token_from, scaling, out)
+        return out
     while pos < total:
         current = pos // w
         end = pos + 1 if pos >= per_token_from else min((current + 1) * w, per_token_from)
@@ -82,6 +86,17 @@ def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scali
             layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
         pos = end
     return out
+
+
+def use_fast_path(cfg: LongHeadsConfig, device: torch.device, head_dim: int) -> bool:
+    if cfg.backend == "reference" or cfg.selection != "maxlogit" or not fast.supports(cfg.chunk_size, head_dim):
+        return False
+    if fast.available(device):
+        return True
+    if cfg.backend == "triton":
+        raise RuntimeError("LongHeadsConfig.backend='triton' needs a CUDA device and the triton package "
+                           "(pip install 'longheads[gpu]'); use backend='auto' to fall back to PyTorch.")
+    return False
 
 
 def _kv_index(state: ModelState, device: torch.device) -> torch.Tensor:
@@ -170,8 +185,9 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
         (rows.to(storage)[:, :, None] * w + torch.arange(w, device=storage)).flatten(1),
         torch.arange(chunk_start, chunk_start + own, device=storage).expand(len(kv), -1),
     ], 1)  # [kv rows, S*w + own]: one gather for the selected chunks and the query's own chunk
-    k = layer.keys[0][kv[:, None], tokens].to(device, non_blocking=True)
-    v = layer.values[0][kv[:, None], tokens].to(device, non_blocking=True)
+    k = layer.keys[0][kv[:, None], tokens].to(device)
+    values = layer.values[0]
+    v = values[kv[:, None].to(values.device), tokens.to(values.device)].to(device)
     cos, sin = state.table.get(device)
     span = n_sel * w + own
     k = apply_rope(k.float(), cos[:span], sin[:span]).to(dtype)
@@ -206,7 +222,7 @@ def _update_representations(layer: LongHeadsLayer, state: ModelState, q_pre: tor
         span = slice((layer.length // w - done) * w, (layer.length // w) * w)
         heads, d = pending.shape[0], pending.shape[-1]
         k = layer.keys[0][kv, span].to(q_pre.device).float().view(heads, done, w, d)
-        v = layer.values[0][kv, span].to(q_pre.device).float().view(heads, done, w, d)
+        v = layer.values[0][kv.to(layer.values.device), span].to(q_pre.device).float().view(heads, done, w, d)
         q = pending[:, : done * w].view(heads, done, w, d)
         reps = paper_representation(q, k, v, cos[:w], sin[:w], scaling).to(layer.keys.dtype)
         layer.reps = reps if layer.reps is None else torch.cat([layer.reps, reps], 1)

@@ -2,8 +2,9 @@
 
 `update` receives keys rotated at their absolute positions (as every transformers attention module
 produces them), undoes the rotation with the model's own cos/sin and stores the result, so that the
-attention function can lay chunks out at any positions it likes. With ``cpu_offload`` the keys and values
-live in pinned CPU memory and only the chunks a head selects travel to the GPU.
+attention function can lay chunks out at any positions it likes. With ``cpu_offload`` the values live in
+pinned CPU memory and only the chunks a head selects travel to the GPU; the keys stay on the GPU, because
+every query scores every chunk by its keys (moving them for each step would cost more than it saves).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class LongHeadsLayer(CacheLayerMixin):
         self.chunk_size = chunk_size
         self.offload_to_cpu = offload
         self.length = 0
+        self.reserved = 0  # capacity to allocate at once (LongHeadsCache.reserve), so growth never doubles
         self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], no rotary positions
         self._v: torch.Tensor | None = None
         # Per-chunk state for the "paper" selection: representations of complete chunks, and the
@@ -52,25 +54,27 @@ class LongHeadsLayer(CacheLayerMixin):
     # --- storage -------------------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype = key_states.dtype
-        self.device = torch.device("cpu") if self.offload_to_cpu else key_states.device
-        self._k = self._alloc(key_states, 0)
-        self._v = self._alloc(value_states, 0)
+        self.device = key_states.device
+        self.value_device = torch.device("cpu") if self.offload_to_cpu else key_states.device
+        self._k = self._alloc(key_states, self.reserved, self.device)
+        self._v = self._alloc(value_states, self.reserved, self.value_device)
         self.is_initialized = True
 
-    def _alloc(self, like: torch.Tensor, capacity: int) -> torch.Tensor:
+    @staticmethod
+    def _alloc(like: torch.Tensor, capacity: int, device: torch.device) -> torch.Tensor:
         b, h, _, d = like.shape
-        pin = self.device.type == "cpu" and torch.cuda.is_available()
-        return torch.empty(b, h, capacity, d, dtype=like.dtype, device=self.device, pin_memory=pin)
+        pin = device.type == "cpu" and torch.cuda.is_available()
+        return torch.empty(b, h, capacity, d, dtype=like.dtype, device=device, pin_memory=pin)
 
     def _grow(self, needed: int) -> None:
         capacity = self._k.shape[2]
         if needed <= capacity:
             return
         # Doubling keeps appends amortised O(1), unlike torch.cat of the whole cache at every step.
-        new_capacity = max(needed, 2 * capacity, 1024)
+        new_capacity = self.reserved if needed <= self.reserved else max(needed, 2 * capacity, 1024)
         for name in ("_k", "_v"):
             old = getattr(self, name)
-            new = self._alloc(old, new_capacity)
+            new = self._alloc(old, new_capacity, old.device)
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
 
@@ -100,8 +104,9 @@ class LongHeadsLayer(CacheLayerMixin):
         cos, sin = model_cos_sin(self.rotary, positions, key_states.dtype)
         keys = undo_rope(key_states.float(), cos.float(), sin.float()).to(key_states.dtype)
         self._grow(self.length + n)
-        self._k[:, :, self.length : self.length + n] = keys.to(self.device, non_blocking=True)
-        self._v[:, :, self.length : self.length + n] = value_states.to(self.device, non_blocking=True)
+        self._k[:, :, self.length : self.length + n] = keys
+        # Blocking: offloaded values are read on the host (gathers) right after this.
+        self._v[:, :, self.length : self.length + n] = value_states.to(self.value_device)
         self.length += n
         _current.layer = self
         self.returned_keys = self.keys
@@ -173,6 +178,14 @@ class LongHeadsCache(Cache):
     def crop(self, max_length: int) -> None:
         for layer in self.layers:
             layer.crop(max_length)
+
+    def reserve(self, tokens: int) -> None:
+        """Make room for `tokens` tokens in one allocation per layer (growth by doubling would briefly hold
+        old and new storage, and up to twice the memory needed, which matters at 100k+ tokens)."""
+        for layer in self.layers:
+            layer.reserved = max(layer.reserved, tokens)
+            if layer.is_initialized:
+                layer._grow(tokens)
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)

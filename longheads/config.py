@@ -9,6 +9,7 @@ from .errors import ConfigError
 SELECTION_METHODS = ("maxlogit", "paper")
 VOTES = ("none", "max", "mass", "rank")
 GRANULARITIES = ("head", "kv_group")
+BACKENDS = ("auto", "triton", "reference")
 
 
 @dataclass
@@ -42,6 +43,9 @@ class LongHeadsConfig:
     score_distance: int | None = None
     max_context: int = 131072
     cpu_offload: bool = False
+    # "auto": the Triton kernels on a CUDA device (maxlogit selection), PyTorch otherwise; "triton": the
+    # kernels or an error; "reference": always the plain PyTorch path the kernels are tested against.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, allowed: str) -> None:
@@ -50,7 +54,8 @@ class LongHeadsConfig:
 
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance"):
+            if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
+                          "backend"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -60,6 +65,7 @@ class LongHeadsConfig:
         need(self.selection in SELECTION_METHODS, "selection", f"choose one of {SELECTION_METHODS}")
         need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
         need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
+        need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
         need(self.score_distance is None or (isinstance(self.score_distance, int) and self.score_distance >= 0),
              "score_distance", "it must be None or an integer >= 0")
         need(isinstance(self.cpu_offload, bool), "cpu_offload", "it must be True or False")

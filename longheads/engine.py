@@ -30,6 +30,27 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def encode_pieces(model, cache: LongHeadsCache, ids: torch.Tensor, start: int = 0,
+                  progress: Progress | None = None) -> torch.Tensor:
+    """Run ids[:, start:] through the model into `cache` in pieces of PREFILL_PIECE tokens (activations stay
+    bounded at any length); returns the last token's logits."""
+    total = ids.shape[1]
+    if progress:
+        progress(start, total)
+    logits = None
+    with torch.inference_mode():
+        pos = start
+        while pos < total:
+            end = min(pos + PREFILL_PIECE, total)
+            cache.tail_enabled = end == total
+            logits = model(input_ids=ids[:, pos:end], past_key_values=cache, use_cache=True,
+                           logits_to_keep=1).logits[0, -1]
+            pos = end
+            if progress:
+                progress(pos, total)
+    return logits
+
+
 @dataclass
 class _Encoded:
     cache: LongHeadsCache
@@ -90,8 +111,9 @@ class LongHeadsModel:
         if n_prompt >= self.max_context:
             raise ContextTooLongError(n_prompt, self.max_context)
 
-    def _prefill(self, ids: list[int], progress: Progress | None) -> tuple[torch.Tensor, int]:
-        """Make the cache hold `ids`, reusing the longest cached prefix; returns (last logits, reused)."""
+    def _prefill(self, ids: list[int], progress: Progress | None, room: int = 0) -> tuple[torch.Tensor, int]:
+        """Make the cache hold `ids` (and room for `room` more tokens), reusing the longest cached prefix;
+        returns (last logits, reused)."""
         w = self.config.chunk_size
         old = self._encoded
         shared = 0
@@ -109,21 +131,9 @@ class LongHeadsModel:
             cache, reused = LongHeadsCache(self.model), 0
         self._encoded = None  # until the cache is consistent again
         total = len(ids)
-        if progress:
-            progress(reused, total)
-        logits = None
         try:
-            with torch.inference_mode():
-                pos = reused
-                while pos < total:
-                    end = min(pos + PREFILL_PIECE, total)
-                    cache.tail_enabled = end == total
-                    piece = torch.tensor([ids[pos:end]], device=self.device)
-                    logits = self.model(input_ids=piece, past_key_values=cache, use_cache=True,
-                                        logits_to_keep=1).logits[0, -1]
-                    pos = end
-                    if progress:
-                        progress(pos, total)
+            cache.reserve(total + room)
+            logits = encode_pieces(self.model, cache, torch.tensor([ids], device=self.device), reused, progress)
         except Exception as exc:
             if _is_oom(exc):
                 del cache
@@ -161,14 +171,14 @@ class LongHeadsModel:
             if seed is not None:
                 generator.manual_seed(seed)
             t0 = time.perf_counter()
-            logits, reused = self._prefill(ids, None)
+            budget = min(max_new_tokens, self.max_context - len(ids))
+            logits, reused = self._prefill(ids, None, budget)
             t1 = time.perf_counter()
             cache = self._encoded.cache
             steps = [self._selection_step(cache)]
             out_ids: list[int] = []
             emitted = 0
             hold = max((len(s) for s in stop), default=1) - 1
-            budget = min(max_new_tokens, self.max_context - len(ids))
             finished_text = None
             try:
                 with torch.inference_mode():

@@ -1,0 +1,141 @@
+"""LongHeads against transformers' SDPA full attention on one GPU: prefill time, peak memory, decode speed.
+
+    python benchmarks/gpu_vs_sdpa.py --lengths 4k,16k,32k,64k,100k,128k --json out.json
+
+Random weights of the Llama-3-8B shape (32 layers, 32 query / 8 KV heads, head_dim 128, bf16): speed and
+memory do not depend on the weights. For every length, one process measures, each from a clean cache:
+SDPA prefill in one forward (logits_to_keep=1, as a user would call it) and its decode; LongHeads prefill
+through the engine's piecewise encoder and its decode; the same with cpu_offload. Decode ms/token is the
+mean of --decode-steps single-token forwards after a warm-up step. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import torch
+
+
+def llama3_8b(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                         rope_theta=500000.0, tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    return model
+
+
+def _timed(fn):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def _decode_ms(model, cache, steps: int) -> float:
+    token = torch.tensor([[1000]], device="cuda")
+    with torch.inference_mode():
+        model(input_ids=token, past_key_values=cache, use_cache=True)  # warm-up (also first selection of tail)
+        _, seconds = _timed(lambda: [model(input_ids=token, past_key_values=cache, use_cache=True)
+                                     for _ in range(steps)])
+    return 1000 * seconds / steps
+
+
+def _clean() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
+    from transformers import DynamicCache
+
+    import longheads
+
+    longheads.disable(model)
+    _clean()
+    cache = DynamicCache(config=model.config)
+    try:
+        with torch.inference_mode():
+            _, seconds = _timed(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1))
+        peak = torch.cuda.max_memory_allocated()
+        decode = _decode_ms(model, cache, steps)
+    except torch.OutOfMemoryError:
+        return {"prefill_s": None, "peak_gib": None, "decode_ms": None, "error": "out of memory"}
+    finally:
+        cache = None
+    return {"prefill_s": round(seconds, 3), "peak_gib": round(peak / 2**30, 2), "decode_ms": round(decode, 2)}
+
+
+def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str) -> dict:
+    import longheads
+    from longheads.cache import LongHeadsCache
+    from longheads.engine import encode_pieces
+
+    longheads.disable(model)
+    cfg = longheads.LongHeadsConfig(max_context=ids.shape[1] + steps + 8, cpu_offload=offload, backend=backend)
+    longheads.enable(model, cfg)
+    _clean()
+    cache = LongHeadsCache(model)
+    cache.reserve(ids.shape[1] + steps + 2)
+    _, seconds = _timed(lambda: encode_pieces(model, cache, ids))
+    peak = torch.cuda.max_memory_allocated()
+    decode = _decode_ms(model, cache, steps)
+    peak_all = torch.cuda.max_memory_allocated()
+    return {"prefill_s": round(seconds, 3), "peak_gib": round(peak / 2**30, 2),
+            "peak_with_decode_gib": round(peak_all / 2**30, 2), "decode_ms": round(decode, 2)}
+
+
+def main() -> None:
+    from longheads.passkey import parse_length
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="4k,16k,32k,64k,100k,128k")
+    ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--skip", default="", help="comma list of: sdpa, longheads, offload")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    model = llama3_8b(args.layers)
+    warm = torch.randint(0, 128000, (1, 8192), device="cuda")
+    run_longheads(model, warm, 2, False, args.backend)  # compile the kernels outside the timings
+    rows = []
+    for length in [parse_length(x) for x in args.lengths.split(",")]:
+        ids = torch.randint(0, 128000, (1, length), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        row = {"tokens": length, "device": torch.cuda.get_device_name()}
+        if "sdpa" not in skip:
+            row["sdpa"] = run_sdpa(model, ids, args.decode_steps)
+        if "longheads" not in skip:
+            row["longheads"] = run_longheads(model, ids, args.decode_steps, False, args.backend)
+        if "offload" not in skip:
+            row["offload"] = run_longheads(model, ids, args.decode_steps, True, args.backend)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    print(f"\n{rows[0]['device']}, random-weight Llama-3-8B shape ({args.layers} layers), bf16\n")
+    print("| tokens | SDPA prefill s | SDPA peak GiB | SDPA decode ms | LongHeads prefill s | LongHeads peak GiB "
+          "| LongHeads decode ms | offload prefill s | offload peak GiB | offload decode ms |")
+    print("|---" * 10 + "|")
+    for r in rows:
+        cells = [f"{r['tokens']:,}"]
+        for key in ("sdpa", "longheads", "offload"):
+            m = r.get(key, {})
+            cells += [str(m.get("prefill_s", "-")), str(m.get("peak_gib", "-")), str(m.get("decode_ms", "-"))]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The GPU fast path for queries beyond the attention length: every selection of a forward call at once.
+
+The reference path (attention.py) walks the call's queries block by block in Python. Here the blocks (one
+per chunk-sized run of queries) and the last `tail_tokens` single-token rows become rows of one batch:
+one kernel scores every row against every chunk, selection is a handful of batched tensor ops (the
+question's votes are a cumulative sum over its tokens), and one kernel attends each row's query tiles to
+its chunks in place. The arithmetic is the reference's, so both pick the same chunks up to float ties.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rope import apply_rope
+
+
+def supports(chunk_size: int, head_dim: int) -> bool:
+    """Shapes the kernels handle: power-of-two chunk (>= 16) and head dimension (>= 32)."""
+    return all(n >= lo and n & (n - 1) == 0 for n, lo in ((chunk_size, 16), (head_dim, 32)))
+
+
+def available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from . import kernels  # noqa: F401
+    except ImportError:  # triton missing: the reference path still works
+        return False
+    return True
+
+
+def _rows(first: int, per_token_from: int, total: int, w: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Selection rows: chunk-aligned query blocks over [first, per_token_from), then one row per token."""
+    c0, c1 = first // w, -(-per_token_from // w)
+    block = torch.arange(c0, c1, device=device)
+    b_start = torch.clamp(block * w, min=first)
+    b_end = torch.clamp((block + 1) * w, max=per_token_from)
+    keep = b_start < b_end
+    t_start = torch.arange(per_token_from, total, device=device)
+    starts = torch.cat([b_start[keep], t_start])
+    ends = torch.cat([b_end[keep], t_start + 1])
+    pooled = torch.cat([torch.zeros(int(keep.sum()), dtype=torch.bool, device=device),
+                        torch.ones(len(t_start), dtype=torch.bool, device=device)])
+    return starts, ends, pooled
+
+
+def _pool(layer, scores: torch.Tensor, pooled: torch.Tensor, vote: str, k: int, current: torch.Tensor) -> torch.Tensor:
+    """The reference's `_pool_votes` for all tail rows at once: votes accumulate over the tail in order."""
+    if vote == "none" or not bool(pooled.any()):
+        return scores
+    idx = pooled.nonzero().squeeze(1)
+    raw = scores[:, idx]  # [heads, m, C]; columns at or beyond a row's current chunk are -inf
+    heads, m, n_chunks = raw.shape
+    previous = getattr(layer, "votes", None)
+    base = torch.zeros(heads, n_chunks, device=raw.device, dtype=raw.dtype)
+    if previous is not None:
+        base[:, : previous.shape[1]] = previous[:, :n_chunks]
+    if vote == "rank":
+        top = raw.topk(min(k, n_chunks), dim=-1).indices
+        ballots = torch.zeros_like(raw).scatter_(2, top, 1.0).cumsum(1) + base[:, None]
+        pooled_scores = ballots + torch.softmax(raw, dim=-1)
+        last = ballots[:, -1]
+    else:
+        per_token = torch.softmax(raw, dim=-1) if vote == "mass" else raw
+        if vote == "max":
+            if previous is None:
+                base.fill_(float("-inf"))
+            else:
+                base[:, previous.shape[1] :] = float("-inf")
+            pooled_scores = torch.maximum(per_token.cummax(1).values, base[:, None])
+        else:
+            pooled_scores = per_token.cumsum(1) + base[:, None]
+        last = pooled_scores[:, -1]
+    layer.votes = last[:, : int(current[idx[-1]])]
+    valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
+    out = scores.clone()
+    out[:, idx] = torch.where(valid, pooled_scores, float("-inf"))
+    return out
+
+
+def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int) -> torch.Tensor:
+    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1]."""
+    heads, n_rows, n_chunks = scores.shape
+    sink, recent, k = cfg.sink_chunks, cfg.recent_chunks, cfg.selected_chunks
+    col = torch.arange(n_chunks, device=scores.device)
+    hi = (current - recent)[:, None]
+    cand = torch.where((col >= sink) & (col < hi), scores, float("-inf"))
+    if cfg.granularity == "kv_group" and groups > 1:
+        cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
+    top = cand.topk(k, dim=-1).indices
+    fixed = torch.cat([torch.arange(sink, device=scores.device).expand(n_rows, -1),
+                       hi + torch.arange(recent, device=scores.device)], 1)
+    return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
+
+
+def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, start: int, w: int,
+           block_m: int) -> torch.Tensor:
+    """Split rows into query tiles of at most block_m queries: [5, tiles] (see kernels.chunk_attention)."""
+    lengths = row_end - row_start
+    per_row = -(-lengths // block_m)
+    row_of = torch.repeat_interleave(rows, per_row[rows])
+    first_tile = torch.cumsum(per_row[rows], 0) - per_row[rows]
+    t = torch.arange(len(row_of), device=rows.device) - torch.repeat_interleave(first_tile, per_row[rows])
+    q0 = row_start[row_of] + t * block_m
+    n = torch.minimum(lengths[row_of] - t * block_m, torch.full_like(q0, block_m))
+    own = (row_start[row_of] // w) * w
+    return torch.stack([q0 - start, n, row_of, q0 - own, own]).to(torch.int32).contiguous()
+
+
+def attend_selected(layer, state, q_pre: torch.Tensor, start: int, first: int, per_token_from: int,
+                    scaling: float, out: torch.Tensor) -> None:
+    """Fill out[:, first-start:] for queries at positions first..layer.length-1 (all beyond the attention
+    length). q_pre [heads, n, d] float32 without rotary positions, positions start..layer.length-1."""
+    from . import kernels
+
+    cfg = state.config
+    w, total, device = cfg.chunk_size, layer.length, q_pre.device
+    heads, _, d = q_pre.shape
+    groups = state.num_heads // state.num_kv_heads
+    row_start, row_end, pooled = _rows(first, per_token_from, total, w, device)
+    current = row_start // w
+    n_rows = len(row_start)
+
+    # Mean query of every row (blocks) or the token's own query (tail rows).
+    seg = torch.repeat_interleave(torch.arange(n_rows, device=device), row_end - row_start)
+    sums = torch.zeros(heads, n_rows, d, device=device).index_add_(1, seg, q_pre[:, first - start :])
+    queries = sums / (row_end - row_start)[None, :, None]
+
+    keys = layer.keys[0]
+    cos, sin = state.table.get(device)
+    dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
+    q_score = apply_rope(queries, cos[dist], sin[dist]).to(keys.dtype)
+    q_score = q_score.view(state.num_kv_heads, groups * n_rows, d)
+    n_chunks = int(current.max())
+    scores = kernels.chunk_maxlogit(q_score, keys, n_chunks, w).view(heads, n_rows, n_chunks)
+    scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
+    if cfg.vote != "none":
+        scores = _pool(layer, scores, pooled, cfg.vote, cfg.selected_chunks, current)
+    sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
+    layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
+
+    values, vsel, vown = layer.values[0], sel, (current * w).to(torch.int32).expand(heads, -1).contiguous()
+    if values.device != device:
+        values, vsel, vown = _stage_values(values, sel, current, w, groups, device)
+    rows = torch.arange(n_rows, device=device)
+    for is_tail, block_m in ((False, 128 if keys.dtype != torch.float32 else 64), (True, 16)):
+        part = rows[pooled == is_tail]
+        if len(part) == 0:
+            continue
+        tiles = _tiles(row_start, row_end, part, start, w, block_m)
+        kernels.chunk_attention(q_pre, keys, values, cos, sin, sel, vsel, vown, tiles, w, scaling, out, block_m)
+
+
+def _stage_values(values: torch.Tensor, sel: torch.Tensor, current: torch.Tensor, w: int, groups: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bring offloaded values to the GPU: each KV head's selected and own chunks, or the whole layer when
+    that is most of it (one pinned copy is faster than a large gather). Returns the staged values [kv_heads,
+    tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown) to read them by."""
+    kv_heads, length, _ = values.shape
+    heads, n_rows, _ = sel.shape
+    n_chunks = -(-length // w)
+    kv_of = torch.arange(heads, device=device) // groups
+    need = torch.zeros(kv_heads, n_chunks, dtype=torch.bool, device=device)
+    need[kv_of[:, None, None].expand_as(sel), sel.long()] = True
+    need[kv_of[:, None].expand(-1, n_rows), current[None].expand(heads, -1)] = True
+    width = int(need.sum(1).max())
+    if 2 * width >= n_chunks:
+        vown = (current * w).to(torch.int32).expand(heads, -1).contiguous()
+        return values.to(device, non_blocking=True), sel, vown
+    # Per KV head, its needed chunks first (in order), then padding.
+    order = torch.sort((~need).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    lut = torch.zeros(kv_heads, n_chunks, dtype=torch.long, device=device)
+    lut.scatter_(1, order, torch.arange(width, device=device).expand(kv_heads, -1))
+    tokens = (order[:, :, None] * w + torch.arange(w, device=device)).clamp_(max=length - 1).flatten(1)
+    kv_cpu = torch.arange(kv_heads)[:, None]
+    staged = values[kv_cpu, tokens.cpu()].to(device, non_blocking=True)  # [kv_heads, width*w, d]
+    vsel = lut[kv_of[:, None, None], sel.long()].to(torch.int32)
+    vown = (lut[kv_of[:, None], current[None].expand(heads, -1)] * w).to(torch.int32)
+    return staged, vsel.contiguous(), vown.contiguous()

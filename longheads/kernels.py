@@ -1,0 +1,181 @@
+"""Triton kernels of the GPU fast path: chunk scores and attention over selected chunks.
+
+Both read the layer's cache in place (keys stored without rotary positions, [kv_heads, tokens, head_dim]
+with any strides) and index key/value heads as query_head // groups, so GQA never repeats the cache.
+The attention kernel applies the remapped rotary positions itself: a selected chunk in slot s sits at
+positions s*w.., the query's own chunk after the last slot.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rope_halves(x1, x2, cos_ptr, sin_ptr, pos, HALF: tl.constexpr, D: tl.constexpr):
+    """Rotate [rows, D] given as two halves at positions `pos` [rows] (cos/sin tables are [P, D])."""
+    cols = tl.arange(0, HALF)
+    c1 = tl.load(cos_ptr + pos[:, None] * D + cols[None, :])
+    c2 = tl.load(cos_ptr + pos[:, None] * D + HALF + cols[None, :])
+    s1 = tl.load(sin_ptr + pos[:, None] * D + cols[None, :])
+    s2 = tl.load(sin_ptr + pos[:, None] * D + HALF + cols[None, :])
+    return x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+
+
+@triton.jit
+def _chunk_attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, cos_ptr, sin_ptr, sel_ptr, vsel_ptr, vown_ptr,
+    tile_row_ptr, tile_len_ptr, tile_sel_ptr, tile_local_ptr, tile_own_k_ptr,
+    stride_qh, stride_qn, stride_kh, stride_kn, stride_vh, stride_vn, stride_oh, stride_on,
+    stride_sh, stride_sr, stride_vo, n_slots, groups, scale_log2,
+    CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    head = tl.program_id(1)
+    kv = head // groups
+    HALF: tl.constexpr = D // 2
+    PREC: tl.constexpr = "ieee" if IEEE else "tf32"
+
+    row0 = tl.load(tile_row_ptr + tile)
+    n_rows = tl.load(tile_len_ptr + tile)
+    sel_row = tl.load(tile_sel_ptr + tile)
+    local0 = tl.load(tile_local_ptr + tile)  # position of the first query inside its own chunk
+    own_k = tl.load(tile_own_k_ptr + tile).to(tl.int64)  # token of the own chunk's first key / value
+    own_v = tl.load(vown_ptr + head * stride_vo + sel_row).to(tl.int64)
+
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    cols = tl.arange(0, HALF)
+    q_base = q_ptr + head * stride_qh + (row0 + rows)[:, None] * stride_qn
+    q1 = tl.load(q_base + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    q2 = tl.load(q_base + HALF + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    q_local = local0 + rows
+    q_pos = tl.where(row_ok, n_slots * CHUNK + q_local, 0)
+    q1, q2 = _rope_halves(q1, q2, cos_ptr, sin_ptr, q_pos, HALF, D)
+    q1 = q1.to(k_ptr.dtype.element_ty)
+    q2 = q2.to(k_ptr.dtype.element_ty)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    dcols = tl.arange(0, D)
+    k_head = k_ptr + kv * stride_kh
+    v_head = v_ptr + kv * stride_vh
+    sel_base = sel_ptr + head * stride_sh + sel_row * stride_sr
+    vsel_base = vsel_ptr + head * stride_sh + sel_row * stride_sr
+
+    # Selected chunks, then the own chunk; one loop so the online softmax code exists once.
+    own_len = local0 + n_rows
+    own_blocks = tl.cdiv(own_len, BLOCK_N)
+    per_chunk: tl.constexpr = CHUNK // BLOCK_N
+    for it in range(0, n_slots * per_chunk + own_blocks):
+        slot = it // per_chunk
+        if slot < n_slots:
+            j = (it % per_chunk) * BLOCK_N + offs_n
+            k_tok = tl.load(sel_base + slot).to(tl.int64) * CHUNK + j
+            v_tok = tl.load(vsel_base + slot).to(tl.int64) * CHUNK + j
+            key_ok = j < CHUNK
+            pos = slot * CHUNK + j
+        else:
+            j = (it - n_slots * per_chunk) * BLOCK_N + offs_n
+            k_tok = own_k + j.to(tl.int64)
+            v_tok = own_v + j.to(tl.int64)
+            key_ok = j < own_len
+            pos = tl.where(key_ok, n_slots * CHUNK + j, 0)
+        kp = k_head + k_tok[:, None] * stride_kn
+        k1 = tl.load(kp + cols[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF + cols[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
+        k1, k2 = _rope_halves(k1, k2, cos_ptr, sin_ptr, pos, HALF, D)
+        k1 = k1.to(k_ptr.dtype.element_ty)
+        k2 = k2.to(k_ptr.dtype.element_ty)
+        s = tl.dot(q1, tl.trans(k1), input_precision=PREC) + tl.dot(q2, tl.trans(k2), input_precision=PREC)
+        s = s * scale_log2
+        if slot >= n_slots:
+            causal = j[None, :] <= q_local[:, None]
+            s = tl.where(causal & key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_head + v_tok[:, None] * stride_vn + dcols[None, :], mask=key_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    o = out_ptr + head * stride_oh + (row0 + rows)[:, None] * stride_on + dcols[None, :]
+    tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor, sel: torch.Tensor, vsel: torch.Tensor, vown: torch.Tensor,
+                    tiles: torch.Tensor, chunk_size: int, scaling: float, out: torch.Tensor,
+                    block_m: int) -> torch.Tensor:
+    """Attention of query tiles over their selected chunks, then their own chunk (causal).
+
+    q_pre [heads, n, d] unrotated; keys/values [kv_heads, tokens, d] unrotated, read in place; cos/sin
+    [positions, d] float32; sel/vsel [heads, rows, slots] int32 chunk ids of keys and of values (they differ
+    when values come from an offload staging buffer); vown [heads, rows] int32 token of each row's own chunk's
+    first value; tiles [5, n_tiles] int32: first query row, rows, selection row, position of the first row
+    in its chunk, the own chunk's first key token.
+    """
+    heads, _, d = q_pre.shape
+    n_tiles = tiles.shape[1]
+    ieee = keys.dtype == torch.float32
+    _chunk_attention_kernel[(n_tiles, heads)](
+        q_pre, keys, values, out, cos, sin, sel, vsel, vown,
+        tiles[0], tiles[1], tiles[2], tiles[3], tiles[4],
+        q_pre.stride(0), q_pre.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
+        out.stride(0), out.stride(1), sel.stride(0), sel.stride(1), vown.stride(0), sel.shape[2],
+        heads // keys.shape[0],
+        scaling * 1.4426950408889634,
+        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=min(chunk_size, 32 if ieee else 64), IEEE=ieee,
+        num_warps=4 if ieee or block_m <= 32 else 8, num_stages=2,
+    )
+    return out
+
+
+@triton.jit
+def _chunk_maxlogit_kernel(
+    q_ptr, k_ptr, out_ptr, stride_qk, stride_qm, stride_kh, stride_kn, stride_ok, stride_om, m_rows,
+    CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    kv = tl.program_id(1)
+    mblk = tl.program_id(2)
+    PREC: tl.constexpr = "ieee" if IEEE else "tf32"
+    rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    dcols = tl.arange(0, D)
+    q = tl.load(q_ptr + kv * stride_qk + rows[:, None] * stride_qm + dcols[None, :], mask=rows[:, None] < m_rows,
+                other=0.0)
+    best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for j0 in range(0, CHUNK, BLOCK_N):
+        tok = chunk.to(tl.int64) * CHUNK + j0 + tl.arange(0, BLOCK_N)
+        k = tl.load(k_ptr + kv * stride_kh + tok[:, None] * stride_kn + dcols[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        best = tl.maximum(best, tl.max(s, 1))
+    tl.store(out_ptr + kv * stride_ok + rows * stride_om + chunk, best, mask=rows < m_rows)
+
+
+def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int) -> torch.Tensor:
+    """Best logit of each query against each chunk's keys, keys read once per chunk.
+
+    queries [kv_heads, m, d] (already rotated to the scoring distance, in the keys' dtype); keys
+    [kv_heads, tokens, d]. Returns float32 [kv_heads, m, n_chunks].
+    """
+    kv_heads, m, d = queries.shape
+    out = torch.empty(kv_heads, m, n_chunks, device=queries.device, dtype=torch.float32)
+    if n_chunks == 0 or m == 0:
+        return out
+    ieee = keys.dtype == torch.float32
+    block_m = max(16, min(64 if ieee else 128, triton.next_power_of_2(m)))
+    grid = (n_chunks, kv_heads, triton.cdiv(m, block_m))
+    _chunk_maxlogit_kernel[grid](
+        queries, keys, out, queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1),
+        out.stride(0), out.stride(1), m,
+        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=min(chunk_size, 32 if ieee else 64), IEEE=ieee,
+        num_warps=4,
+    )
+    return out

@@ -1,0 +1,62 @@
+"""Run a tiny model through the reference path and the Triton fast path and report how far apart they are.
+
+    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload]
+
+Used by tests/test_fast_path.py in a subprocess, because Triton's CPU interpreter (TRITON_INTERPRET=1)
+must be switched on before triton is imported. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import longheads
+from longheads import fast
+from longheads.cache import LongHeadsCache
+
+
+def run(model, ids: torch.Tensor, cuts: list[int], backend: str, cfg: dict) -> tuple[torch.Tensor, list]:
+    longheads.disable(model)
+    longheads.enable(model, longheads.LongHeadsConfig(backend=backend, **cfg))
+    cache = LongHeadsCache(model)
+    logits, selections = [], []
+    with torch.no_grad():
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            logits.append(model(ids[:, a:b], past_key_values=cache).logits.float())
+            selections.append([layer.last_selection.cpu() for layer in cache.layers])
+    return torch.cat(logits, 1), selections
+
+
+def main() -> None:
+    device, dtype, granularity, head_dim, length = sys.argv[1:6]
+    head_dim, length = int(head_dim), int(length)
+    if device == "cpu":  # the interpreter runs the kernels on CPU tensors
+        fast.available = lambda _device: True
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=4 * head_dim, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                         max_position_embeddings=256)
+    model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
+    cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
+               cpu_offload=sys.argv[6:] == ["offload"])
+    ids = torch.randint(0, 32000, (1, length + 8), generator=torch.Generator().manual_seed(1)).to(device)
+    # A long first call (plain region, blocks, tail), a second piece, then token-by-token decoding.
+    cuts = [0, length - 37, length] + list(range(length + 1, length + 9))
+    ref, ref_sel = run(model, ids, cuts, "reference", cfg)
+    got, got_sel = run(model, ids, cuts, "triton", cfg)
+    pairs = [(a, b) for call_a, call_b in zip(ref_sel, got_sel, strict=True)
+             for a, b in zip(call_a, call_b, strict=True)]
+    print(json.dumps({
+        "max_abs_diff": (ref - got).abs().max().item(),
+        "max_abs_logit": ref.abs().max().item(),
+        "selection_rows_equal": sum(bool((a == b).all(dim=1).all()) for a, b in pairs),
+        "selection_rows": len(pairs),
+    }))
+
+
+if __name__ == "__main__":
+    main()
