@@ -44,7 +44,8 @@ def _timed(fn):
 def _decode_ms(model, cache, steps: int) -> float:
     token = torch.tensor([[1000]], device="cuda")
     with torch.inference_mode():
-        model(input_ids=token, past_key_values=cache, use_cache=True)  # warm-up (also first selection of tail)
+        for _ in range(3):  # warm-up
+            model(input_ids=token, past_key_values=cache, use_cache=True)
         _, seconds = _timed(lambda: [model(input_ids=token, past_key_values=cache, use_cache=True)
                                      for _ in range(steps)])
     return 1000 * seconds / steps
@@ -100,7 +101,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="4k,16k,32k,64k,100k,128k")
-    ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--decode-steps", type=int, default=32)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--skip", default="", help="comma list of: sdpa, longheads, offload")
     ap.add_argument("--backend", default="auto")

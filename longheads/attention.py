@@ -73,7 +73,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scali
     if n > 1:
         layer.votes = None  # a new prompt (or piece): the question's pooled scores start afresh
     pos = max(start, plain_end)
-    if pos < total and use_fast_path(cfg, device, d):
+    if pos < total and use_fast_path(cfg, device, d) and state.table.halves(device) is not None:
         fast.attend_selected(layer, state, q_pre, start, pos, per_token_from, scaling, out)
         return out
     while pos < total:

@@ -29,26 +29,26 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def _rows(first: int, per_token_from: int, total: int, w: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Selection rows: chunk-aligned query blocks over [first, per_token_from), then one row per token."""
+def _rows(first: int, per_token_from: int, total: int, w: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Selection rows on the CPU: chunk-aligned query blocks over [first, per_token_from), then one row per
+    token up to total. Returns (row starts, row ends, number of block rows)."""
     c0, c1 = first // w, -(-per_token_from // w)
-    block = torch.arange(c0, c1, device=device)
+    block = torch.arange(c0, c1)
     b_start = torch.clamp(block * w, min=first)
     b_end = torch.clamp((block + 1) * w, max=per_token_from)
     keep = b_start < b_end
-    t_start = torch.arange(per_token_from, total, device=device)
-    starts = torch.cat([b_start[keep], t_start])
-    ends = torch.cat([b_end[keep], t_start + 1])
-    pooled = torch.cat([torch.zeros(int(keep.sum()), dtype=torch.bool, device=device),
-                        torch.ones(len(t_start), dtype=torch.bool, device=device)])
-    return starts, ends, pooled
+    t_start = torch.arange(per_token_from, total)
+    n_blocks = int(keep.sum())
+    return torch.cat([b_start[keep], t_start]), torch.cat([b_end[keep], t_start + 1]), n_blocks
 
 
-def _pool(layer, scores: torch.Tensor, pooled: torch.Tensor, vote: str, k: int, current: torch.Tensor) -> torch.Tensor:
-    """The reference's `_pool_votes` for all tail rows at once: votes accumulate over the tail in order."""
-    if vote == "none" or not bool(pooled.any()):
+def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,
+          last_current: int) -> torch.Tensor:
+    """The reference's `_pool_votes` for all tail rows (rows n_blocks..) at once: votes accumulate over the
+    tail in order."""
+    if vote == "none" or n_blocks == scores.shape[1]:
         return scores
-    idx = pooled.nonzero().squeeze(1)
+    idx = slice(n_blocks, None)
     raw = scores[:, idx]  # [heads, m, C]; columns at or beyond a row's current chunk are -inf
     heads, m, n_chunks = raw.shape
     previous = getattr(layer, "votes", None)
@@ -71,7 +71,7 @@ def _pool(layer, scores: torch.Tensor, pooled: torch.Tensor, vote: str, k: int, 
         else:
             pooled_scores = per_token.cumsum(1) + base[:, None]
         last = pooled_scores[:, -1]
-    layer.votes = last[:, : int(current[idx[-1]])]
+    layer.votes = last[:, :last_current]
     valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
     out = scores.clone()
     out[:, idx] = torch.where(valid, pooled_scores, float("-inf"))
@@ -95,12 +95,13 @@ def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int) -> to
 
 def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, start: int, w: int,
            block_m: int) -> torch.Tensor:
-    """Split rows into query tiles of at most block_m queries: [5, tiles] (see kernels.chunk_attention)."""
+    """Split rows into query tiles of at most block_m queries: [5, tiles] (see kernels.chunk_attention).
+    Built on the CPU, where the row bounds are."""
     lengths = row_end - row_start
     per_row = -(-lengths // block_m)
     row_of = torch.repeat_interleave(rows, per_row[rows])
     first_tile = torch.cumsum(per_row[rows], 0) - per_row[rows]
-    t = torch.arange(len(row_of), device=rows.device) - torch.repeat_interleave(first_tile, per_row[rows])
+    t = torch.arange(len(row_of)) - torch.repeat_interleave(first_tile, per_row[rows])
     q0 = row_start[row_of] + t * block_m
     n = torch.minimum(lengths[row_of] - t * block_m, torch.full_like(q0, block_m))
     own = (row_start[row_of] // w) * w
@@ -117,38 +118,47 @@ def attend_selected(layer, state, q_pre: torch.Tensor, start: int, first: int, p
     w, total, device = cfg.chunk_size, layer.length, q_pre.device
     heads, _, d = q_pre.shape
     groups = state.num_heads // state.num_kv_heads
-    row_start, row_end, pooled = _rows(first, per_token_from, total, w, device)
+    row_start_cpu, row_end_cpu, n_blocks = _rows(first, per_token_from, total, w)
+    n_rows = len(row_start_cpu)
+    n_chunks = int(row_start_cpu[-1]) // w  # rows ascend, so the last row's current chunk is the largest
+    row_start = row_start_cpu.to(device, non_blocking=True)
+    lengths = (row_end_cpu - row_start_cpu).to(device, non_blocking=True)
     current = row_start // w
-    n_rows = len(row_start)
 
     # Mean query of every row (blocks) or the token's own query (tail rows).
-    seg = torch.repeat_interleave(torch.arange(n_rows, device=device), row_end - row_start)
+    seg = torch.repeat_interleave(torch.arange(n_rows, device=device), lengths, output_size=total - first)
     sums = torch.zeros(heads, n_rows, d, device=device).index_add_(1, seg, q_pre[:, first - start :])
-    queries = sums / (row_end - row_start)[None, :, None]
+    queries = sums / lengths[None, :, None]
 
     keys = layer.keys[0]
     cos, sin = state.table.get(device)
     dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
     q_score = apply_rope(queries, cos[dist], sin[dist]).to(keys.dtype)
     q_score = q_score.view(state.num_kv_heads, groups * n_rows, d)
-    n_chunks = int(current.max())
     scores = kernels.chunk_maxlogit(q_score, keys, n_chunks, w).view(heads, n_rows, n_chunks)
     scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
     if cfg.vote != "none":
-        scores = _pool(layer, scores, pooled, cfg.vote, cfg.selected_chunks, current)
+        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.selected_chunks, current, n_chunks)
     sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 
     values, vsel, vown = layer.values[0], sel, (current * w).to(torch.int32).expand(heads, -1).contiguous()
     if values.device != device:
         values, vsel, vown = _stage_values(values, sel, current, w, groups, device)
-    rows = torch.arange(n_rows, device=device)
-    for is_tail, block_m in ((False, 128 if keys.dtype != torch.float32 else 64), (True, 16)):
-        part = rows[pooled == is_tail]
-        if len(part) == 0:
+    half_cos, half_sin = state.table.halves(device)
+    pack = cfg.granularity == "kv_group" and groups > 1
+    for rows, block_m in ((torch.arange(n_blocks), 128 if keys.dtype != torch.float32 else 64),
+                          (torch.arange(n_blocks, n_rows), 16)):
+        if len(rows) == 0:
             continue
-        tiles = _tiles(row_start, row_end, part, start, w, block_m)
-        kernels.chunk_attention(q_pre, keys, values, cos, sin, sel, vsel, vown, tiles, w, scaling, out, block_m)
+        queries_per_tile = block_m // triton_next_pow2(groups) if pack else block_m
+        tiles = _tiles(row_start_cpu, row_end_cpu, rows, start, w, queries_per_tile).to(device, non_blocking=True)
+        kernels.chunk_attention(q_pre, keys, values, half_cos, half_sin, sel, vsel, vown, tiles, w, scaling, out,
+                                block_m, pack)
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def _stage_values(values: torch.Tensor, sel: torch.Tensor, current: torch.Tensor, w: int, groups: int,

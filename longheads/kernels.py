@@ -14,14 +14,13 @@ import triton.language as tl
 
 
 @triton.jit
-def _rope_halves(x1, x2, cos_ptr, sin_ptr, pos, HALF: tl.constexpr, D: tl.constexpr):
-    """Rotate [rows, D] given as two halves at positions `pos` [rows] (cos/sin tables are [P, D])."""
+def _rope_halves(x1, x2, cos_ptr, sin_ptr, pos, HALF: tl.constexpr):
+    """Rotate rows given as two halves at positions `pos` [rows]; cos/sin tables are [P, HALF] (rotary
+    tables repeat their first half, see fast.half_tables)."""
     cols = tl.arange(0, HALF)
-    c1 = tl.load(cos_ptr + pos[:, None] * D + cols[None, :])
-    c2 = tl.load(cos_ptr + pos[:, None] * D + HALF + cols[None, :])
-    s1 = tl.load(sin_ptr + pos[:, None] * D + cols[None, :])
-    s2 = tl.load(sin_ptr + pos[:, None] * D + HALF + cols[None, :])
-    return x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+    c = tl.load(cos_ptr + pos[:, None] * HALF + cols[None, :])
+    s = tl.load(sin_ptr + pos[:, None] * HALF + cols[None, :])
+    return x1 * c - x2 * s, x2 * c + x1 * s
 
 
 @triton.jit
@@ -30,30 +29,39 @@ def _chunk_attention_kernel(
     tile_row_ptr, tile_len_ptr, tile_sel_ptr, tile_local_ptr, tile_own_k_ptr,
     stride_qh, stride_qn, stride_kh, stride_kn, stride_vh, stride_vn, stride_oh, stride_on,
     stride_sh, stride_sr, stride_vo, n_slots, groups, scale_log2,
-    CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
+    """One program: one query tile of one KV head's PACK query heads (rows = head-major, BLOCK_M // PACK
+    queries each), when those heads share their chunks; with PACK == 1, one query head."""
     tile = tl.program_id(0)
-    head = tl.program_id(1)
-    kv = head // groups
     HALF: tl.constexpr = D // 2
     PREC: tl.constexpr = "ieee" if IEEE else "tf32"
+    QM: tl.constexpr = BLOCK_M // PACK
+
+    rows = tl.arange(0, BLOCK_M)
+    if PACK == 1:
+        head = tl.program_id(1) + rows * 0
+    else:
+        head = tl.program_id(1) * groups + rows // QM
+    kv = tl.program_id(1) if PACK > 1 else tl.program_id(1) // groups
+    first_head = tl.program_id(1) * groups if PACK > 1 else tl.program_id(1)
+    qi = rows % QM
 
     row0 = tl.load(tile_row_ptr + tile)
     n_rows = tl.load(tile_len_ptr + tile)
     sel_row = tl.load(tile_sel_ptr + tile)
-    local0 = tl.load(tile_local_ptr + tile)  # position of the first query inside its own chunk
-    own_k = tl.load(tile_own_k_ptr + tile).to(tl.int64)  # token of the own chunk's first key / value
-    own_v = tl.load(vown_ptr + head * stride_vo + sel_row).to(tl.int64)
+    local0 = tl.load(tile_local_ptr + tile)  # position of the tile's first query inside its own chunk
+    own_k = tl.load(tile_own_k_ptr + tile).to(tl.int64)  # token of the own chunk's first key
+    own_v = tl.load(vown_ptr + first_head * stride_vo + sel_row).to(tl.int64)
 
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
+    row_ok = (qi < n_rows) & (head < (tl.program_id(1) + 1) * groups)
     cols = tl.arange(0, HALF)
-    q_base = q_ptr + head * stride_qh + (row0 + rows)[:, None] * stride_qn
+    q_base = q_ptr + head[:, None].to(tl.int64) * stride_qh + (row0 + qi)[:, None] * stride_qn
     q1 = tl.load(q_base + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     q2 = tl.load(q_base + HALF + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    q_local = local0 + rows
-    q_pos = tl.where(row_ok, n_slots * CHUNK + q_local, 0)
-    q1, q2 = _rope_halves(q1, q2, cos_ptr, sin_ptr, q_pos, HALF, D)
+    q_local = local0 + qi
+    q1, q2 = _rope_halves(q1, q2, cos_ptr, sin_ptr, tl.where(row_ok, n_slots * CHUNK + q_local, 0), HALF)
     q1 = q1.to(k_ptr.dtype.element_ty)
     q2 = q2.to(k_ptr.dtype.element_ty)
 
@@ -62,16 +70,15 @@ def _chunk_attention_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     dcols = tl.arange(0, D)
-    k_head = k_ptr + kv * stride_kh
-    v_head = v_ptr + kv * stride_vh
-    sel_base = sel_ptr + head * stride_sh + sel_row * stride_sr
-    vsel_base = vsel_ptr + head * stride_sh + sel_row * stride_sr
+    k_head = k_ptr + kv.to(tl.int64) * stride_kh
+    v_head = v_ptr + kv.to(tl.int64) * stride_vh
+    sel_base = sel_ptr + first_head * stride_sh + sel_row * stride_sr
+    vsel_base = vsel_ptr + first_head * stride_sh + sel_row * stride_sr
 
-    # Selected chunks, then the own chunk; one loop so the online softmax code exists once.
-    own_len = local0 + n_rows
-    own_blocks = tl.cdiv(own_len, BLOCK_N)
+    # Selected chunks, then the own chunk; one loop so the online softmax exists once.
+    last_local = local0 + tl.minimum(n_rows, QM)  # own-chunk keys the tile's last query sees
     per_chunk: tl.constexpr = CHUNK // BLOCK_N
-    for it in range(0, n_slots * per_chunk + own_blocks):
+    for it in range(0, n_slots * per_chunk + tl.cdiv(last_local, BLOCK_N)):
         slot = it // per_chunk
         if slot < n_slots:
             j = (it % per_chunk) * BLOCK_N + offs_n
@@ -83,19 +90,18 @@ def _chunk_attention_kernel(
             j = (it - n_slots * per_chunk) * BLOCK_N + offs_n
             k_tok = own_k + j.to(tl.int64)
             v_tok = own_v + j.to(tl.int64)
-            key_ok = j < own_len
+            key_ok = j < last_local
             pos = tl.where(key_ok, n_slots * CHUNK + j, 0)
         kp = k_head + k_tok[:, None] * stride_kn
         k1 = tl.load(kp + cols[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
         k2 = tl.load(kp + HALF + cols[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
-        k1, k2 = _rope_halves(k1, k2, cos_ptr, sin_ptr, pos, HALF, D)
+        k1, k2 = _rope_halves(k1, k2, cos_ptr, sin_ptr, pos, HALF)
         k1 = k1.to(k_ptr.dtype.element_ty)
         k2 = k2.to(k_ptr.dtype.element_ty)
         s = tl.dot(q1, tl.trans(k1), input_precision=PREC) + tl.dot(q2, tl.trans(k2), input_precision=PREC)
         s = s * scale_log2
         if slot >= n_slots:
-            causal = j[None, :] <= q_local[:, None]
-            s = tl.where(causal & key_ok[None, :], s, float("-inf"))
+            s = tl.where((j[None, :] <= q_local[:, None]) & key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -105,34 +111,39 @@ def _chunk_attention_kernel(
         m_i = m_new
 
     acc = acc / l_i[:, None]
-    o = out_ptr + head * stride_oh + (row0 + rows)[:, None] * stride_on + dcols[None, :]
+    o = out_ptr + head[:, None].to(tl.int64) * stride_oh + (row0 + qi)[:, None] * stride_on + dcols[None, :]
     tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor, sel: torch.Tensor, vsel: torch.Tensor, vown: torch.Tensor,
-                    tiles: torch.Tensor, chunk_size: int, scaling: float, out: torch.Tensor,
-                    block_m: int) -> torch.Tensor:
+                    tiles: torch.Tensor, chunk_size: int, scaling: float, out: torch.Tensor, block_m: int,
+                    pack: bool, num_warps: int | None = None, num_stages: int = 2,
+                    block_n: int | None = None) -> torch.Tensor:
     """Attention of query tiles over their selected chunks, then their own chunk (causal).
 
     q_pre [heads, n, d] unrotated; keys/values [kv_heads, tokens, d] unrotated, read in place; cos/sin
-    [positions, d] float32; sel/vsel [heads, rows, slots] int32 chunk ids of keys and of values (they differ
-    when values come from an offload staging buffer); vown [heads, rows] int32 token of each row's own chunk's
-    first value; tiles [5, n_tiles] int32: first query row, rows, selection row, position of the first row
-    in its chunk, the own chunk's first key token.
+    [positions, d/2] float32; sel/vsel [heads, rows, slots] int32 chunk ids of keys and of values (they
+    differ when values come from an offload staging buffer); vown [heads, rows] int32 token of each row's own
+    chunk's first value; tiles [5, n_tiles] int32: first query row, queries, selection row, position of the
+    first query in its chunk, the own chunk's first key token. pack: the heads of a KV group share their
+    selections, so one program serves them all and reads each key tile once (tiles then hold at most
+    block_m // next_pow2(groups) queries).
     """
     heads, _, d = q_pre.shape
+    kv_heads = keys.shape[0]
+    groups = heads // kv_heads
     n_tiles = tiles.shape[1]
     ieee = keys.dtype == torch.float32
-    _chunk_attention_kernel[(n_tiles, heads)](
+    packed = triton.next_power_of_2(groups) if pack and groups > 1 else 1
+    _chunk_attention_kernel[(n_tiles, kv_heads if packed > 1 else heads)](
         q_pre, keys, values, out, cos, sin, sel, vsel, vown,
         tiles[0], tiles[1], tiles[2], tiles[3], tiles[4],
         q_pre.stride(0), q_pre.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
-        out.stride(0), out.stride(1), sel.stride(0), sel.stride(1), vown.stride(0), sel.shape[2],
-        heads // keys.shape[0],
+        out.stride(0), out.stride(1), sel.stride(0), sel.stride(1), vown.stride(0), sel.shape[2], groups,
         scaling * 1.4426950408889634,
-        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=min(chunk_size, 32 if ieee else 64), IEEE=ieee,
-        num_warps=4 if ieee or block_m <= 32 else 8, num_stages=2,
+        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=block_n or min(chunk_size, 32 if ieee else 64),
+        PACK=packed, IEEE=ieee, num_warps=num_warps or (4 if ieee or block_m <= 32 else 8), num_stages=num_stages,
     )
     return out
 

@@ -39,10 +39,22 @@ class PositionTable:
     def __init__(self, rotary: torch.nn.Module, length: int):
         self.rotary = rotary
         self.length = length
-        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict = {}
 
     def get(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._tables:
             pos = torch.arange(self.length, device=device)
             self._tables[device] = model_cos_sin(self.rotary, pos, torch.float32)
         return self._tables[device]
+
+    def halves(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The first half of cos/sin [length, head_dim/2], when the second half repeats it (every rotary
+        type in transformers builds its tables as cat(freqs, freqs)); None otherwise."""
+        key = ("half", device)
+        if key not in self._tables:
+            cos, sin = self.get(device)
+            h = cos.shape[-1] // 2
+            same = torch.equal(cos[:, :h], cos[:, h:]) and torch.equal(sin[:, :h], sin[:, h:])
+            self._tables[key] = (cos[:, :h].contiguous(), sin[:, :h].contiguous()) if same else None
+        return self._tables[key]
+

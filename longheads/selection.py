@@ -38,8 +38,10 @@ def score_maxlogit(query: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk
     heads, d = query.shape
     kv_heads = keys.shape[0]
     q = apply_rope(query.float(), cos_d, sin_d).to(keys.dtype).view(kv_heads, heads // kv_heads, d)
-    logits = q @ keys[:, : n_chunks * chunk_size].transpose(-1, -2)  # [kv_heads, groups, n*w]
-    return logits.view(heads, n_chunks, chunk_size).amax(dim=-1).float()
+    # Products of two key-dtype numbers are exact in float32; summing in float32 keeps half-precision
+    # rounding from tying (or swapping) chunks whose best logits differ in the third digit.
+    logits = q.float() @ keys[:, : n_chunks * chunk_size].float().transpose(-1, -2)  # [kv_heads, groups, n*w]
+    return logits.view(heads, n_chunks, chunk_size).amax(dim=-1)
 
 
 def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int) -> torch.Tensor:

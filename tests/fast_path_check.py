@@ -37,13 +37,18 @@ def main() -> None:
     if device == "cpu":  # the interpreter runs the kernels on CPU tensors
         fast.available = lambda _device: True
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=4 * head_dim, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
-                         max_position_embeddings=256)
+    # Three query heads per KV head (as in the embedded model): packing pads groups to a power of two.
+    # One layer in bfloat16: a deeper random model passes rounding differences on to the next layer's
+    # near-tied chunk scores, so only float32 can check several layers for identical selections.
+    config = LlamaConfig(vocab_size=32000, hidden_size=6 * head_dim, intermediate_size=256,
+                         num_hidden_layers=2 if dtype == "float32" else 1, num_attention_heads=6,
+                         num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256)
     model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
     cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
                cpu_offload=sys.argv[6:] == ["offload"])
-    ids = torch.randint(0, 32000, (1, length + 8), generator=torch.Generator().manual_seed(1)).to(device)
+    # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
+    # chunks exactly equal scores, a tie each path may break its own way.
+    ids = torch.randperm(32000, generator=torch.Generator().manual_seed(1))[: length + 8][None].to(device)
     # A long first call (plain region, blocks, tail), a second piece, then token-by-token decoding.
     cuts = [0, length - 37, length] + list(range(length + 1, length + 9))
     ref, ref_sel = run(model, ids, cuts, "reference", cfg)

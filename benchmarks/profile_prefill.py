@@ -1,0 +1,52 @@
+"""Where a LongHeads prefill spends its GPU time: torch.profiler's kernel table for one prefill.
+
+    python benchmarks/profile_prefill.py --tokens 100k [--layers 32]
+
+Random weights of the Llama-3-8B shape, bf16, after one warm-up prefill (Triton compiles its kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.gpu_vs_sdpa import llama3_8b
+
+
+def main() -> None:
+    import longheads
+    from longheads.cache import LongHeadsCache
+    from longheads.engine import encode_pieces
+    from longheads.passkey import parse_length
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", default="100k")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--rows", type=int, default=25)
+    args = ap.parse_args()
+    n = parse_length(args.tokens)
+    model = llama3_8b(args.layers)
+    longheads.enable(model, longheads.LongHeadsConfig(max_context=n + 64))
+    ids = torch.randint(0, 128000, (1, n), device="cuda")
+
+    def prefill() -> float:
+        cache = LongHeadsCache(model)
+        cache.reserve(n + 8)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        encode_pieces(model, cache, ids)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    print("warm-up prefill s", round(prefill(), 3))
+    print("prefill s", round(prefill(), 3))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        prefill()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
