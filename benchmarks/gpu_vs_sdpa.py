@@ -87,7 +87,7 @@ def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: 
     longheads.enable(model, cfg)
     _clean()
     cache = LongHeadsCache(model)
-    cache.reserve(ids.shape[1] + steps + 2)
+    cache.reserve(ids.shape[1] + steps + 3)  # the prompt, warm-up and timed decode steps
     _, seconds = _timed(lambda: encode_pieces(model, cache, ids))
     peak = torch.cuda.max_memory_allocated()
     decode = _decode_ms(model, cache, steps)
