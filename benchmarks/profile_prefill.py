@@ -11,8 +11,7 @@ import argparse
 import time
 
 import torch
-
-from benchmarks.gpu_vs_sdpa import llama3_8b
+from gpu_vs_sdpa import llama3_8b  # a sibling script
 
 
 def main() -> None:

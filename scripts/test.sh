@@ -3,7 +3,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
-. .venv/bin/activate 2>/dev/null || true
+[ -z "${VIRTUAL_ENV:-}" ] && . .venv/bin/activate
+# Without a GPU, the Triton kernels are tested in Triton's CPU interpreter, which in triton 3.6 needs
+# numpy < 2.3. Installed only where no triton is present, so a GPU user's torch keeps its own triton.
+if ! python -c "import triton" 2>/dev/null; then
+  python -m pip install -q triton==3.6.0 "numpy<2.3" 2>&1 | grep -v '^WARNING: Location' || true
+fi
 ruff check . || exit 1
 python -m pytest -q -ra "$@"
 rc=$?
