@@ -118,7 +118,8 @@ def attend_selected(layer, state, q_pre: torch.Tensor, start: int, first: int, p
     w, total, device = cfg.chunk_size, layer.length, q_pre.device
     heads, _, d = q_pre.shape
     groups = state.num_heads // state.num_kv_heads
-    row_start_cpu, row_end_cpu, n_blocks = _rows(first, per_token_from, total, w)
+    # A call shorter than tail_tokens (a short question after a cached document) is all tail.
+    row_start_cpu, row_end_cpu, n_blocks = _rows(first, max(per_token_from, first), total, w)
     n_rows = len(row_start_cpu)
     n_chunks = int(row_start_cpu[-1]) // w  # rows ascend, so the last row's current chunk is the largest
     row_start = row_start_cpu.to(device, non_blocking=True)

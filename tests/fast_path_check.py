@@ -49,8 +49,9 @@ def main() -> None:
     # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
     # chunks exactly equal scores, a tie each path may break its own way.
     ids = torch.randperm(32000, generator=torch.Generator().manual_seed(1))[: length + 8][None].to(device)
-    # A long first call (plain region, blocks, tail), a second piece, then token-by-token decoding.
-    cuts = [0, length - 37, length] + list(range(length + 1, length + 9))
+    # A long first call (plain region, blocks, tail), a second piece, one shorter than the tail (a question
+    # after a cached document), then token-by-token decoding.
+    cuts = [0, length - 37, length - 3, length] + list(range(length + 1, length + 9))
     ref, ref_sel = run(model, ids, cuts, "reference", cfg)
     got, got_sel = run(model, ids, cuts, "triton", cfg)
     pairs = [(a, b) for call_a, call_b in zip(ref_sel, got_sel, strict=True)
