@@ -17,7 +17,7 @@ from . import fast
 from .cache import LongHeadsLayer, current_layer
 from .config import LongHeadsConfig
 from .rope import PositionTable, apply_rope, model_cos_sin, undo_rope
-from .selection import choose_chunks, paper_representation, score_maxlogit
+from .selection import choose_chunks, paper_representation, row_means, score_maxlogit, score_rows, selection_rows
 
 
 @dataclass
@@ -72,20 +72,41 @@ def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scali
     per_token_from = max(total - (tail if n > 1 else 1), plain_end)
     if n > 1:
         layer.votes = None  # a new prompt (or piece): the question's pooled scores start afresh
-    pos = max(start, plain_end)
-    if pos < total and use_fast_path(cfg, device, d) and state.table.halves(device) is not None:
-        fast.attend_selected(layer, state, q_pre, start, pos, per_token_from, scaling, out)
+    first = max(start, plain_end)
+    if first >= total:
         return out
-    while pos < total:
-        current = pos // w
-        end = pos + 1 if pos >= per_token_from else min((current + 1) * w, per_token_from)
-        q_block = q_pre[:, pos - start : end - start]
-        chunks = _select(layer, state, q_block, current, pooled=pos >= per_token_from)
-        out[:, pos - start : end - start] = _chunk_attention(layer, state, q_block, pos, chunks, scaling)
-        if end == total:
-            layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
-        pos = end
+    kernels = use_fast_path(cfg, device, d) and state.table.halves(device) is not None
+    starts, ends, n_blocks = selection_rows(first, per_token_from, total, w)
+    scores = row_scores(layer, state, q_pre, start, starts, ends, fast.chunk_maxlogit if kernels else score_rows)
+    if kernels:
+        fast.attend_rows(layer, state, q_pre, start, starts, ends, n_blocks, scores, scaling, out)
+        return out
+    groups = state.num_heads // state.num_kv_heads
+    for r, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        current = a // w
+        row = scores[:, r, :current]
+        if r >= n_blocks and cfg.vote != "none":
+            row = _pool_votes(layer, row, cfg.vote, cfg.selected_chunks)
+        chunks = choose_chunks(row, current, cfg, groups).to(device)
+        out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
+                                                         scaling)
+    layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
     return out
+
+
+def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, start: int, starts: torch.Tensor,
+               ends: torch.Tensor, scorer=score_rows) -> torch.Tensor:
+    """Chunk scores [heads, rows, chunks] (float32) of every selection row's mean query; columns at or past a
+    row's own chunk are meaningless. One pass over the keys serves every row of the call."""
+    cfg = state.config
+    queries = row_means(q_pre, starts, ends, start)
+    n_chunks = int(starts[-1]) // cfg.chunk_size  # rows ascend: the last row's own chunk is the largest
+    if cfg.selection == "paper":
+        return torch.einsum("hrd,hcd->hrc", queries.to(layer.reps.dtype), layer.reps[:, :n_chunks]).float()
+    keys = layer.keys[0]
+    cos, sin = state.table.get(keys.device)
+    dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
+    return score_maxlogit(queries.to(keys.device), keys, n_chunks, cfg.chunk_size, cos[dist], sin[dist], scorer)
 
 
 def use_fast_path(cfg: LongHeadsConfig, device: torch.device, head_dim: int) -> bool:
@@ -123,23 +144,6 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     return F.scaled_dot_product_attention(
         q_rot[None], k[None], v[None], attn_mask=mask, scale=scaling, enable_gqa=groups > 1
     )[0]
-
-
-def _select(layer: LongHeadsLayer, state: ModelState, q_block: torch.Tensor, current: int,
-            pooled: bool = False) -> torch.Tensor:
-    cfg = state.config
-    query = q_block.mean(dim=1)  # [heads, d]: one selection for the block
-    keys = layer.keys[0]
-    if cfg.selection == "maxlogit":
-        cos, sin = state.table.get(keys.device)
-        dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
-        scores = score_maxlogit(query.to(keys.device), keys, current, cfg.chunk_size, cos[dist], sin[dist])
-    else:
-        scores = torch.einsum("hd,hcd->hc", query.to(layer.reps.dtype), layer.reps[:, :current]).float()
-    if pooled and cfg.vote != "none":
-        scores = _pool_votes(layer, scores, cfg.vote, cfg.selected_chunks)
-    groups = state.num_heads // state.num_kv_heads
-    return choose_chunks(scores, current, cfg, groups).to(q_block.device)
 
 
 def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int) -> torch.Tensor:

@@ -1,17 +1,16 @@
-"""The GPU fast path for queries beyond the attention length: every selection of a forward call at once.
+"""The GPU fast path for queries beyond the attention length.
 
-The reference path (attention.py) walks the call's queries block by block in Python. Here the blocks (one
-per chunk-sized run of queries) and the last `tail_tokens` single-token rows become rows of one batch:
-one kernel scores every row against every chunk, selection is a handful of batched tensor ops (the
-question's votes are a cumulative sum over its tokens), and one kernel attends each row's query tiles to
-its chunks in place. The arithmetic is the reference's, so both pick the same chunks up to float ties.
+Both paths share the selection rows of a forward call (one per chunk-sized block of queries, one per tail
+token) and their chunk scores (one pass over the keys for all rows; here a Triton kernel). The reference
+(attention.py) then selects and attends row by row in Python; here selection is a handful of batched tensor
+ops (the question's votes are a cumulative sum over its tokens) and one kernel attends each row's query
+tiles to its chunks in place. The arithmetic is the reference's, so both pick the same chunks up to float
+ties.
 """
 
 from __future__ import annotations
 
 import torch
-
-from .rope import apply_rope
 
 
 def supports(chunk_size: int, head_dim: int) -> bool:
@@ -29,17 +28,11 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def _rows(first: int, per_token_from: int, total: int, w: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Selection rows on the CPU: chunk-aligned query blocks over [first, per_token_from), then one row per
-    token up to total. Returns (row starts, row ends, number of block rows)."""
-    c0, c1 = first // w, -(-per_token_from // w)
-    block = torch.arange(c0, c1)
-    b_start = torch.clamp(block * w, min=first)
-    b_end = torch.clamp((block + 1) * w, max=per_token_from)
-    keep = b_start < b_end
-    t_start = torch.arange(per_token_from, total)
-    n_blocks = int(keep.sum())
-    return torch.cat([b_start[keep], t_start]), torch.cat([b_end[keep], t_start + 1]), n_blocks
+def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int) -> torch.Tensor:
+    """`selection.score_rows` as one Triton kernel (keys read once per chunk)."""
+    from . import kernels
+
+    return kernels.chunk_maxlogit(queries, keys, n_chunks, chunk_size)
 
 
 def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,
@@ -108,41 +101,27 @@ def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, s
     return torch.stack([q0 - start, n, row_of, q0 - own, own]).to(torch.int32).contiguous()
 
 
-def attend_selected(layer, state, q_pre: torch.Tensor, start: int, first: int, per_token_from: int,
-                    scaling: float, out: torch.Tensor) -> None:
-    """Fill out[:, first-start:] for queries at positions first..layer.length-1 (all beyond the attention
-    length). q_pre [heads, n, d] float32 without rotary positions, positions start..layer.length-1."""
+def attend_rows(layer, state, q_pre: torch.Tensor, start: int, row_start_cpu: torch.Tensor,
+                row_end_cpu: torch.Tensor, n_blocks: int, scores: torch.Tensor, scaling: float,
+                out: torch.Tensor) -> None:
+    """Select chunks for every row at once and fill `out` for the rows' queries with one kernel launch per
+    kind of row (blocks, tail tokens). q_pre [heads, n, d] float32 without rotary positions, positions
+    start..; scores [heads, rows, chunks] from `attention.row_scores`."""
     from . import kernels
 
     cfg = state.config
-    w, total, device = cfg.chunk_size, layer.length, q_pre.device
-    heads, _, d = q_pre.shape
+    w, device = cfg.chunk_size, q_pre.device
+    heads = q_pre.shape[0]
     groups = state.num_heads // state.num_kv_heads
-    # A call shorter than tail_tokens (a short question after a cached document) is all tail.
-    row_start_cpu, row_end_cpu, n_blocks = _rows(first, max(per_token_from, first), total, w)
-    n_rows = len(row_start_cpu)
-    n_chunks = int(row_start_cpu[-1]) // w  # rows ascend, so the last row's current chunk is the largest
-    row_start = row_start_cpu.to(device, non_blocking=True)
-    lengths = (row_end_cpu - row_start_cpu).to(device, non_blocking=True)
-    current = row_start // w
-
-    # Mean query of every row (blocks) or the token's own query (tail rows).
-    seg = torch.repeat_interleave(torch.arange(n_rows, device=device), lengths, output_size=total - first)
-    sums = torch.zeros(heads, n_rows, d, device=device).index_add_(1, seg, q_pre[:, first - start :])
-    queries = sums / lengths[None, :, None]
-
-    keys = layer.keys[0]
-    cos, sin = state.table.get(device)
-    dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
-    q_score = apply_rope(queries, cos[dist], sin[dist]).to(keys.dtype)
-    q_score = q_score.view(state.num_kv_heads, groups * n_rows, d)
-    scores = kernels.chunk_maxlogit(q_score, keys, n_chunks, w).view(heads, n_rows, n_chunks)
+    n_rows, n_chunks = scores.shape[1], scores.shape[2]
+    current = row_start_cpu.to(device, non_blocking=True) // w
     scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
     if cfg.vote != "none":
         scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.selected_chunks, current, n_chunks)
     sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 
+    keys = layer.keys[0]
     values, vsel, vown = layer.values[0], sel, (current * w).to(torch.int32).expand(heads, -1).contiguous()
     if values.device != device:
         values, vsel, vown = _stage_values(values, sel, current, w, groups, device)

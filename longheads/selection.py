@@ -27,21 +27,67 @@ def paper_representation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos:
     return (weights @ kl).squeeze(-2)
 
 
-def score_maxlogit(query: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int,
-                   cos_d: torch.Tensor, sin_d: torch.Tensor) -> torch.Tensor:
-    """Score = the best logit any key of the chunk gets, query and key one chunk apart.
+def selection_rows(first: int, per_token_from: int, total: int, w: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The selection rows of one forward call, on the CPU: chunk-aligned query blocks over
+    [first, per_token_from), then one row per token up to `total`. Returns (starts, ends, number of blocks)."""
+    per_token_from = max(per_token_from, first)  # a call shorter than the tail is all tail
+    c0, c1 = first // w, -(-per_token_from // w)
+    block = torch.arange(c0, c1)
+    b_start = torch.clamp(block * w, min=first)
+    b_end = torch.clamp((block + 1) * w, max=per_token_from)
+    keep = b_start < b_end
+    t_start = torch.arange(per_token_from, total)
+    return torch.cat([b_start[keep], t_start]), torch.cat([b_end[keep], t_start + 1]), int(keep.sum())
 
-    query: [heads, d] unrotated; keys: [kv_heads, >= n_chunks*w, d] unrotated; cos_d/sin_d: [d] for
-    position `chunk_size`. Rotating only the query by a fixed distance makes the score RoPE-consistent
-    (it is a real attention logit at that distance) without rotating every key.
+
+def row_means(q: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, offset: int) -> torch.Tensor:
+    """Mean query of every row: q [heads, n, d] holds positions offset.., rows cover starts[0]..ends[-1]."""
+    device = q.device
+    lengths = (ends - starts).to(device)
+    n = int(ends[-1] - starts[0])
+    seg = torch.repeat_interleave(torch.arange(len(starts), device=device), lengths, output_size=n)
+    first = int(starts[0]) - offset
+    sums = torch.zeros(q.shape[0], len(starts), q.shape[-1], device=device).index_add_(1, seg, q[:, first : first + n])
+    return sums / lengths[None, :, None]
+
+
+def score_rows(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int,
+               max_elements: int = 1 << 25) -> torch.Tensor:
+    """Best logit of each query against each chunk's keys: queries [kv_heads, m, d] (rotated to the scoring
+    distance, in the keys' dtype), keys [kv_heads, >= n_chunks*w, d] -> float32 [kv_heads, m, n_chunks].
+
+    All queries of a call share each pass over the keys, in slices that bound the logits' memory.
+    Products of two key-dtype numbers are exact in float32, and summing in float32 keeps half-precision
+    rounding from tying (or swapping) chunks whose best logits differ in the third digit.
+    (`kernels.chunk_maxlogit` is the same function on the GPU.)
     """
-    heads, d = query.shape
+    kv_heads, m, _ = queries.shape
+    out = torch.empty(kv_heads, m, n_chunks, device=queries.device)
+    step = max(1, max_elements // max(1, kv_heads * m * chunk_size))
+    q = queries.float()
+    for c0 in range(0, n_chunks, step):
+        c1 = min(n_chunks, c0 + step)
+        logits = q @ keys[:, c0 * chunk_size : c1 * chunk_size].float().transpose(-1, -2)
+        out[:, :, c0:c1] = logits.view(kv_heads, m, c1 - c0, chunk_size).amax(dim=-1)
+    return out
+
+
+def score_maxlogit(query: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int,
+                   cos_d: torch.Tensor, sin_d: torch.Tensor, scorer=score_rows) -> torch.Tensor:
+    """Score = the best logit any key of the chunk gets, query and key a fixed distance apart.
+
+    query: [heads, rows, d] (or [heads, d]) unrotated; keys: [kv_heads, >= n_chunks*w, d] unrotated;
+    cos_d/sin_d: [d] for the scoring distance. Rotating only the query by a fixed distance makes the score
+    RoPE-consistent (it is a real attention logit at that distance) without rotating every key.
+    Returns float32 [heads, rows, n_chunks] (or [heads, n_chunks]).
+    """
+    single = query.dim() == 2
+    q = query[:, None] if single else query
+    heads, rows, d = q.shape
     kv_heads = keys.shape[0]
-    q = apply_rope(query.float(), cos_d, sin_d).to(keys.dtype).view(kv_heads, heads // kv_heads, d)
-    # Products of two key-dtype numbers are exact in float32; summing in float32 keeps half-precision
-    # rounding from tying (or swapping) chunks whose best logits differ in the third digit.
-    logits = q.float() @ keys[:, : n_chunks * chunk_size].float().transpose(-1, -2)  # [kv_heads, groups, n*w]
-    return logits.view(heads, n_chunks, chunk_size).amax(dim=-1)
+    q = apply_rope(q.float(), cos_d, sin_d).to(keys.dtype).reshape(kv_heads, heads // kv_heads * rows, d)
+    scores = scorer(q, keys, n_chunks, chunk_size).view(heads, rows, n_chunks)
+    return scores[:, 0] if single else scores
 
 
 def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int) -> torch.Tensor:
