@@ -101,11 +101,11 @@ class LongHeadsModel:
         """Encode `prompt` into the document cache so that later prompts sharing its prefix start fast."""
         with self._lock:
             ids, _ = self._tokenize(self.render(prompt))
-            self._check_length(len(ids), 0)
+            self._check_length(len(ids))
             self._prefill(ids, progress)
             return len(ids)
 
-    def _check_length(self, n_prompt: int, max_new_tokens: int) -> None:
+    def _check_length(self, n_prompt: int) -> None:
         if n_prompt == 0:
             raise ValueError("The prompt is empty.")
         if n_prompt >= self.max_context:
@@ -162,7 +162,7 @@ class LongHeadsModel:
         stop = [s for s in (stop or []) if s]
         text = self.render(prompt)
         ids, offsets = self._tokenize(text)
-        self._check_length(len(ids), max_new_tokens)
+        self._check_length(len(ids))
         return self._stream(text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed)
 
     def _stream(self, text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed) -> Iterator[str]:

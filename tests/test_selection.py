@@ -9,7 +9,14 @@ import longheads
 from longheads.attention import ModelState, _chunk_attention
 from longheads.cache import LongHeadsLayer
 from longheads.rope import PositionTable, apply_rope
-from longheads.selection import choose_chunks, paper_representation, score_maxlogit
+from longheads.selection import (
+    choose_chunks,
+    paper_representation,
+    row_means,
+    score_maxlogit,
+    score_rows,
+    selection_rows,
+)
 
 
 def cfg(**kw):
@@ -50,6 +57,30 @@ def test_maxlogit_finds_the_chunk_holding_the_matching_key():
     keys[0, 7 * w + 5] = query[0] * 3  # the "needle"
     scores = score_maxlogit(query, keys, 10, w, cos, sin)
     assert scores.shape == (1, 10) and int(scores.argmax()) == 7
+
+
+def test_selection_rows_are_chunk_blocks_then_single_tail_tokens():
+    starts, ends, n_blocks = selection_rows(first=100, per_token_from=140, total=144, w=16)
+    assert n_blocks == 3  # 100..111 (rest of chunk 6), 112..127, 128..139
+    assert starts.tolist() == [100, 112, 128, 140, 141, 142, 143]
+    assert ends.tolist() == [112, 128, 140, 141, 142, 143, 144]
+    # A call shorter than the tail (a question after a cached document) is all single-token rows.
+    starts, ends, n_blocks = selection_rows(first=140, per_token_from=130, total=144, w=16)
+    assert n_blocks == 0 and starts.tolist() == [140, 141, 142, 143]
+
+
+def test_row_means_and_scores_in_slices_match_direct_computation():
+    torch.manual_seed(0)
+    q = torch.randn(4, 44, 8)
+    starts, ends, _ = selection_rows(first=100, per_token_from=140, total=144, w=16)
+    means = row_means(q, starts, ends, offset=100)
+    torch.testing.assert_close(means[:, 1], q[:, 12:28].mean(1))
+    torch.testing.assert_close(means[:, -1], q[:, -1])
+    keys = torch.randn(2, 9 * 16, 8)
+    queries = torch.randn(2, 5, 8)
+    direct = (queries @ keys.transpose(1, 2)).view(2, 5, 9, 16).amax(-1)
+    torch.testing.assert_close(score_rows(queries, keys, 9, 16), direct)
+    torch.testing.assert_close(score_rows(queries, keys, 9, 16, max_elements=100), direct)  # one chunk a slice
 
 
 def test_paper_representation_is_a_convex_combination_of_chunk_keys():
