@@ -20,10 +20,10 @@ CHECK = Path(__file__).with_name("fast_path_check.py")
 
 
 def _check(device: str, dtype: str, granularity: str, head_dim: int, length: int, interpret: bool,
-           offload: bool = False) -> dict:
+           offload: bool = False, vote: str | None = None) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
     args = [sys.executable, str(CHECK), device, dtype, granularity, str(head_dim), str(length)]
-    args += ["offload"] if offload else []
+    args += ["offload"] if offload else [vote] if vote else []
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -40,6 +40,15 @@ def _interpreter_works() -> bool:
 @pytest.mark.parametrize("granularity", ["kv_group", "head"])
 def test_kernels_match_reference_in_interpreter(granularity):
     r = _check("cpu", "float32", granularity, 32, 300, interpret=True)
+    assert r["selection_rows_equal"] == r["selection_rows"], r
+    assert r["max_abs_diff"] < 1e-5, r
+
+
+@pytest.mark.skipif(not _interpreter_works(), reason="Triton's CPU interpreter needs numpy < 2.3")
+@pytest.mark.parametrize("vote", ["none", "max", "mass"])
+def test_batched_votes_match_reference_in_interpreter(vote):
+    # The reference pools the question's votes token by token; the fast path with cumulative sums and maxima.
+    r = _check("cpu", "float32", "kv_group", 32, 300, interpret=True, vote=vote)
     assert r["selection_rows_equal"] == r["selection_rows"], r
     assert r["max_abs_diff"] < 1e-5, r
 
