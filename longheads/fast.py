@@ -124,28 +124,25 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, row_start_cpu: to
     keys = layer.keys[0]
     values, vsel, vown = layer.values[0], sel, (current * w).to(torch.int32).expand(heads, -1).contiguous()
     if values.device != device:
-        values, vsel, vown = _stage_values(values, sel, current, w, groups, device)
+        values, vsel, vown = _stage_values(values, sel, vown, current, w, groups, device)
     half_cos, half_sin = state.table.halves(device)
     pack = cfg.granularity == "kv_group" and groups > 1
     for rows, block_m in ((torch.arange(n_blocks), 128 if keys.dtype != torch.float32 else 64),
                           (torch.arange(n_blocks, n_rows), 16)):
         if len(rows) == 0:
             continue
-        queries_per_tile = block_m // triton_next_pow2(groups) if pack else block_m
+        queries_per_tile = block_m // kernels.heads_per_program(groups, pack)
         tiles = _tiles(row_start_cpu, row_end_cpu, rows, start, w, queries_per_tile).to(device, non_blocking=True)
         kernels.chunk_attention(q_pre, keys, values, half_cos, half_sin, sel, vsel, vown, tiles, w, scaling, out,
                                 block_m, pack)
 
 
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _stage_values(values: torch.Tensor, sel: torch.Tensor, current: torch.Tensor, w: int, groups: int,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _stage_values(values: torch.Tensor, sel: torch.Tensor, vown: torch.Tensor, current: torch.Tensor, w: int,
+                  groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bring offloaded values to the GPU: each KV head's selected and own chunks, or the whole layer when
     that is most of it (one pinned copy is faster than a large gather). Returns the staged values [kv_heads,
-    tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown) to read them by."""
+    tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown) to read them by; for the whole layer,
+    `sel` and `vown` as given."""
     kv_heads, length, _ = values.shape
     heads, n_rows, _ = sel.shape
     n_chunks = -(-length // w)
@@ -155,7 +152,6 @@ def _stage_values(values: torch.Tensor, sel: torch.Tensor, current: torch.Tensor
     need[kv_of[:, None].expand(-1, n_rows), current[None].expand(heads, -1)] = True
     width = int(need.sum(1).max())
     if 2 * width >= n_chunks:
-        vown = (current * w).to(torch.int32).expand(heads, -1).contiguous()
         return values.to(device, non_blocking=True), sel, vown
     # Per KV head, its needed chunks first (in order), then padding.
     order = torch.sort((~need).to(torch.int8), dim=1, stable=True).indices[:, :width]

@@ -115,6 +115,12 @@ def _chunk_attention_kernel(
     tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
+def heads_per_program(groups: int, pack: bool) -> int:
+    """Query heads one attention program serves: a KV group padded to a power of two when packed, else 1.
+    A tile then holds block_m // heads_per_program queries."""
+    return triton.next_power_of_2(groups) if pack and groups > 1 else 1
+
+
 def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor, sel: torch.Tensor, vsel: torch.Tensor, vown: torch.Tensor,
                     tiles: torch.Tensor, chunk_size: int, scaling: float, out: torch.Tensor, block_m: int,
@@ -135,7 +141,7 @@ def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     groups = heads // kv_heads
     n_tiles = tiles.shape[1]
     ieee = keys.dtype == torch.float32
-    packed = triton.next_power_of_2(groups) if pack and groups > 1 else 1
+    packed = heads_per_program(groups, pack)
     _chunk_attention_kernel[(n_tiles, kv_heads if packed > 1 else heads)](
         q_pre, keys, values, out, cos, sin, sel, vsel, vown,
         tiles[0], tiles[1], tiles[2], tiles[3], tiles[4],
