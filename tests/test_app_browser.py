@@ -90,41 +90,39 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 server.kill()
 
 
-def test_upload_ask_stream_stop_and_heads_view(app_url: str) -> None:
-    executable = chromium()
+@pytest.fixture
+def browser(app_url: str) -> Iterator:
+    """Headless Debian Chromium driven by Playwright (app_url has already skipped if either is missing)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 2100})
-            page.set_default_timeout(SLOW)
-            run(page, app_url)
+            yield browser
         finally:
             browser.close()
 
 
-def test_two_sessions_at_once(app_url: str) -> None:
+def test_upload_ask_stream_stop_and_heads_view(app_url: str, browser) -> None:
+    page = browser.new_page(viewport={"width": 1440, "height": 2100})
+    page.set_default_timeout(SLOW)
+    run(page, app_url)
+
+
+def test_two_sessions_at_once(app_url: str, browser) -> None:
     """Two tabs ask at the same time: both get answers, each sees only its own chat."""
-    executable = chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        try:
-            tabs = [browser.new_page(viewport={"width": 1280, "height": 1400}) for _ in range(2)]
-            for tab in tabs:
-                tab.set_default_timeout(SLOW)
-                open_with_pdf(tab, app_url, ROOT / "samples" / "eddystone.pdf", answer_tokens="16")
-            questions = ["Who built the first lighthouse?", "What was the lantern made of?"]
-            for tab, question in zip(tabs, questions, strict=True):
-                ask(tab, question)
-            for tab, question, other in zip(tabs, questions, reversed(questions), strict=True):
-                tab.get_by_text("from the document cache").wait_for()
-                chat = tab.locator("[data-testid='stChatMessage']")
-                assert chat.count() == 2
-                assert question in chat.nth(0).inner_text()
-                assert other not in tab.locator("body").inner_text(timeout=10_000)
-        finally:
-            browser.close()
+    tabs = [browser.new_page(viewport={"width": 1280, "height": 1400}) for _ in range(2)]
+    for tab in tabs:
+        tab.set_default_timeout(SLOW)
+        open_with_pdf(tab, app_url, ROOT / "samples" / "eddystone.pdf", answer_tokens="16")
+    questions = ["Who built the first lighthouse?", "What was the lantern made of?"]
+    for tab, question in zip(tabs, questions, strict=True):
+        ask(tab, question)
+    for tab, question, other in zip(tabs, questions, reversed(questions), strict=True):
+        tab.get_by_text("from the document cache").wait_for()
+        chat = tab.locator("[data-testid='stChatMessage']")
+        assert chat.count() == 2
+        assert question in chat.nth(0).inner_text()
+        assert other not in tab.locator("body").inner_text(timeout=10_000)
 
 
 def open_with_pdf(page, url: str, pdf: Path, answer_tokens: str) -> None:
