@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 
 import pytest
 
@@ -22,3 +24,28 @@ def embedded_engine():
 @pytest.fixture(scope="session")
 def engine():
     return embedded_engine()
+
+
+class LoopTicks:
+    """Counts 10 ms ticks of the event loop while the `async with` body runs: a call that blocked the loop
+    for the seconds the model works would let it tick (almost) never."""
+
+    async def __aenter__(self) -> LoopTicks:
+        self.ticks, self.seconds = 0, 0.0
+        self._start = time.perf_counter()
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.ticks += 1
+
+    async def __aexit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self._task.cancel()
+
+    def assert_loop_was_free(self) -> None:
+        blocked = f"{self.ticks} ticks in {self.seconds:.1f} s: the loop was blocked"
+        assert self.ticks > self.seconds * 100 * 0.3, blocked
+
