@@ -16,8 +16,16 @@ import torch.nn.functional as F
 from . import fast
 from .cache import LongHeadsLayer, current_layer
 from .config import LongHeadsConfig
-from .rope import PositionTable, apply_rope, model_cos_sin, undo_rope
-from .selection import choose_chunks, paper_representation, row_means, score_maxlogit, score_rows, selection_rows
+from .rope import PositionTable, apply_rope
+from .selection import (
+    Rows,
+    choose_chunks,
+    paper_representation,
+    row_means,
+    score_maxlogit,
+    score_rows,
+    selection_rows,
+)
 
 
 @dataclass
@@ -29,6 +37,7 @@ class ModelState:
     table: PositionTable
     num_heads: int
     num_kv_heads: int
+    rows: tuple | None = None  # (key, Rows) of the forward call in progress
 
 
 def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -40,32 +49,34 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     layer = current_layer(key)
     if layer is None:
         # A cache other than LongHeadsCache (or none): rebuild the layer state from the full key/value.
-        layer = LongHeadsLayer(state.rotary, state.config.chunk_size)
+        layer = LongHeadsLayer(state.config.chunk_size)
         layer.update(key, value)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     out = _attend(layer, state, query[0], scaling)
-    return out.transpose(0, 1)[None].contiguous(), None
+    return out.transpose(0, 1)[None], None
 
 
-def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scaling: float) -> torch.Tensor:
-    """q_rot: [heads, n, d] rotated at absolute positions, the last n of the layer's tokens. -> [heads, n, d]."""
+def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    """query: [heads, n, d] without rotary positions (patch.Unrotated), the last n of the layer's tokens.
+    -> [heads, n, d]."""
     cfg = state.config
     w, budget = cfg.chunk_size, cfg.attention_length
-    heads, n, d = q_rot.shape
+    heads, n, d = query.shape
     total = layer.length
     start = total - n
-    device = q_rot.device
-    positions = torch.arange(start, total, device=device)
-    cos, sin = model_cos_sin(state.rotary, positions, q_rot.dtype)
-    q_pre = undo_rope(q_rot.float(), cos.float(), sin.float())  # [heads, n, d] float32
+    device = query.device
+    q_pre = query.float()
     if cfg.selection == "paper":
         _update_representations(layer, state, q_pre, scaling)
 
-    out = torch.empty_like(q_rot)
+    # Token-major storage, so that the [1, n, heads, d] the attention module wants is a free transpose.
+    out = torch.empty(n, heads, d, dtype=query.dtype, device=device).transpose(0, 1)
     plain_end = min(total, budget)
     if start < plain_end:
-        out[:, : plain_end - start] = _full_attention(layer, state, q_rot[:, : plain_end - start], start, scaling)
+        cos, sin = state.table.get(device)
+        q_rot = apply_rope(q_pre[:, : plain_end - start], cos[start:plain_end], sin[start:plain_end])
+        out[:, : plain_end - start] = _full_attention(layer, state, q_rot.to(query.dtype), start, scaling)
         if plain_end == total:
             layer.last_selection = _all_chunks(total - 1, cfg, heads, device)
     tail = cfg.tail_tokens if getattr(layer, "tail_enabled", True) else 0
@@ -76,16 +87,16 @@ def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scali
     if first >= total:
         return out
     kernels = use_fast_path(cfg, device, d) and state.table.halves(device) is not None
-    starts, ends, n_blocks = selection_rows(first, per_token_from, total, w)
-    scores = row_scores(layer, state, q_pre, start, starts, ends, fast.chunk_maxlogit if kernels else score_rows)
+    rows = _call_rows(state, start, first, per_token_from, total)
+    scores = row_scores(layer, state, q_pre, start, rows, fast.chunk_maxlogit if kernels else score_rows)
     if kernels:
-        fast.attend_rows(layer, state, q_pre, start, starts, ends, n_blocks, scores, scaling, out)
+        fast.attend_rows(layer, state, q_pre, start, rows, scores, scaling, out)
         return out
     groups = state.num_heads // state.num_kv_heads
-    for r, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+    for r, (a, b) in enumerate(zip(rows.starts.tolist(), rows.ends.tolist(), strict=True)):
         current = a // w
         row = scores[:, r, :current]
-        if r >= n_blocks and cfg.vote != "none":
+        if r >= rows.n_blocks and cfg.vote != "none":
             row = _pool_votes(layer, row, cfg.vote, cfg.selected_chunks)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
@@ -94,13 +105,22 @@ def _attend(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tensor, scali
     return out
 
 
-def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, start: int, starts: torch.Tensor,
-               ends: torch.Tensor, scorer=score_rows) -> torch.Tensor:
+def _call_rows(state: ModelState, start: int, first: int, per_token_from: int, total: int) -> Rows:
+    """The selection rows of this forward call: every layer of a call has the same, so the first layer
+    makes them and the others reuse them (with their device copies)."""
+    key = (start, first, per_token_from, total, state.config.chunk_size)
+    if state.rows is None or state.rows[0] != key:
+        state.rows = (key, selection_rows(first, per_token_from, total, state.config.chunk_size))
+    return state.rows[1]
+
+
+def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, start: int, rows: Rows,
+               scorer=score_rows) -> torch.Tensor:
     """Chunk scores [heads, rows, chunks] (float32) of every selection row's mean query; columns at or past a
     row's own chunk are meaningless. One pass over the keys serves every row of the call."""
     cfg = state.config
-    queries = row_means(q_pre, starts, ends, start)
-    n_chunks = int(starts[-1]) // cfg.chunk_size  # rows ascend: the last row's own chunk is the largest
+    queries = row_means(q_pre, rows, start)
+    n_chunks = int(rows.starts[-1]) // cfg.chunk_size  # rows ascend: the last row's own chunk is the largest
     if cfg.selection == "paper":
         return torch.einsum("hrd,hcd->hrc", queries.to(layer.reps.dtype), layer.reps[:, :n_chunks]).float()
     keys = layer.keys[0]

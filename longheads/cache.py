@@ -1,8 +1,8 @@
 """The LongHeads KV cache: a transformers `Cache` whose layers keep keys *without* rotary positions.
 
-`update` receives keys rotated at their absolute positions (as every transformers attention module
-produces them), undoes the rotation with the model's own cos/sin and stores the result, so that the
-attention function can lay chunks out at any positions it likes. With ``cpu_offload`` the values live in
+While LongHeads is enabled the model's rotary embedding is the identity (patch.Unrotated), so `update`
+receives and stores keys without positions, and the attention function can lay chunks out at any positions
+it likes. With ``cpu_offload`` the values live in
 pinned CPU memory and only the chunks a head selects travel to the GPU; the keys stay on the GPU, because
 every query scores every chunk by its keys (moving them for each step would cost more than it saves).
 """
@@ -13,8 +13,6 @@ import threading
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
-
-from .rope import model_cos_sin, undo_rope
 
 # The layer whose `update` ran last on this thread: the attention function of the same layer runs right
 # after it, and finds its state here (transformers passes the cache to the module, not to the function).
@@ -33,9 +31,8 @@ class LongHeadsLayer(CacheLayerMixin):
     is_croppable = True
     is_sliding = False
 
-    def __init__(self, rotary: torch.nn.Module, chunk_size: int, offload: bool = False):
+    def __init__(self, chunk_size: int, offload: bool = False):
         super().__init__()
-        self.rotary = rotary
         self.chunk_size = chunk_size
         self.offload_to_cpu = offload
         self.length = 0
@@ -101,11 +98,8 @@ class LongHeadsLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[2]
-        positions = torch.arange(self.length, self.length + n, device=key_states.device)
-        cos, sin = model_cos_sin(self.rotary, positions, key_states.dtype)
-        keys = undo_rope(key_states.float(), cos.float(), sin.float()).to(key_states.dtype)
         self._grow(self.length + n)
-        self._k[:, :, self.length : self.length + n] = keys
+        self._k[:, :, self.length : self.length + n] = key_states
         # Blocking: offloaded values are read on the host (gathers) right after this.
         self._v[:, :, self.length : self.length + n] = value_states.to(self.value_device)
         self.length += n
@@ -161,7 +155,7 @@ class LongHeadsCache(Cache):
             raise ValueError("LongHeadsCache needs a model prepared with longheads.enable(model)")
         n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
         layers = [
-            LongHeadsLayer(state.rotary, state.config.chunk_size, state.config.cpu_offload) for _ in range(n_layers)
+            LongHeadsLayer(state.config.chunk_size, state.config.cpu_offload) for _ in range(n_layers)
         ]
         super().__init__(layers=layers)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .selection import Rows
+
 
 def supports(chunk_size: int, head_dim: int) -> bool:
     """Shapes the kernels handle: power-of-two chunk (>= 16) and head dimension (>= 32)."""
@@ -101,8 +103,7 @@ def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, s
     return torch.stack([q0 - start, n, row_of, q0 - own, own]).to(torch.int32).contiguous()
 
 
-def attend_rows(layer, state, q_pre: torch.Tensor, start: int, row_start_cpu: torch.Tensor,
-                row_end_cpu: torch.Tensor, n_blocks: int, scores: torch.Tensor, scaling: float,
+def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, scores: torch.Tensor, scaling: float,
                 out: torch.Tensor) -> None:
     """Select chunks for every row at once and fill `out` for the rows' queries with one kernel launch per
     kind of row (blocks, tail tokens). q_pre [heads, n, d] float32 without rotary positions, positions
@@ -113,8 +114,8 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, row_start_cpu: to
     w, device = cfg.chunk_size, q_pre.device
     heads = q_pre.shape[0]
     groups = state.num_heads // state.num_kv_heads
-    n_rows, n_chunks = scores.shape[1], scores.shape[2]
-    current = row_start_cpu.to(device, non_blocking=True) // w
+    n_rows, n_chunks, n_blocks = scores.shape[1], scores.shape[2], rows.n_blocks
+    current = rows.on(device, "current", lambda: rows.starts // w)
     scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
     if cfg.vote != "none":
         scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.selected_chunks, current, n_chunks)
@@ -127,12 +128,13 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, row_start_cpu: to
         values, vsel, vown = _stage_values(values, sel, vown, current, w, groups, device)
     half_cos, half_sin = state.table.halves(device)
     pack = cfg.granularity == "kv_group" and groups > 1
-    for rows, block_m in ((torch.arange(n_blocks), 128 if keys.dtype != torch.float32 else 64),
-                          (torch.arange(n_blocks, n_rows), 16)):
-        if len(rows) == 0:
+    for kind, which, block_m in (("blocks", torch.arange(n_blocks), 128 if keys.dtype != torch.float32 else 64),
+                                 ("tail", torch.arange(n_blocks, n_rows), 16)):
+        if len(which) == 0:
             continue
         queries_per_tile = block_m // kernels.heads_per_program(groups, pack)
-        tiles = _tiles(row_start_cpu, row_end_cpu, rows, start, w, queries_per_tile).to(device, non_blocking=True)
+        tiles = rows.on(device, f"{kind} tiles {queries_per_tile}",
+                        lambda which=which, q=queries_per_tile: _tiles(rows.starts, rows.ends, which, start, w, q))
         kernels.chunk_attention(q_pre, keys, values, half_cos, half_sin, sel, vsel, vown, tiles, w, scaling, out,
                                 block_m, pack)
 

@@ -23,6 +23,23 @@ DEFAULT_ATTENTION_LENGTH = 4096
 AttentionInterface.register(ATTN_NAME, longheads_attention)
 
 
+class Unrotated(torch.nn.Module):
+    """Stands in for the model's rotary embedding while LongHeads is enabled: cos 1 and sin 0, so the
+    attention modules pass queries and keys on without rotary positions. LongHeads rotates them itself, at
+    remapped positions; undoing the model's rotation instead cost about ten elementwise passes per layer."""
+
+    def __init__(self, rotary: torch.nn.Module):
+        super().__init__()
+        self.rotary = rotary
+        self.dim: int | None = None
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dim is None:
+            self.dim = self.rotary(x, position_ids[:, :1])[0].shape[-1]
+        ones = torch.ones(*position_ids.shape, self.dim, dtype=x.dtype, device=x.device)
+        return ones, torch.zeros_like(ones)
+
+
 def pretrained_length(text_config) -> int:
     """The longest relative distance the model was trained on."""
     length = getattr(text_config, "max_position_embeddings", None)
@@ -41,7 +58,15 @@ def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> Pre
         raise UnsupportedModelError(f"Expected a transformers PreTrainedModel, got {type(model).__name__}.")
     text_config = model.config.get_text_config(decoder=True)
     name = getattr(model.config, "model_type", type(model).__name__)
-    rotary = next((m for n, m in model.named_modules() if n.endswith("rotary_emb")), None)
+    found = {n: m for n, m in model.named_modules() if n.endswith("rotary_emb")}
+    if len(found) > 1:
+        raise UnsupportedModelError(
+            f"Model type '{name}' has several rotary embeddings ({', '.join(found)}); LongHeads supports models "
+            "whose layers share one."
+        )
+    rotary_name, rotary = next(iter(found.items()), (None, None))
+    if isinstance(rotary, Unrotated):  # enabled before
+        rotary = rotary.rotary
     if rotary is None:
         raise UnsupportedModelError(
             f"Model type '{name}' has no rotary position embedding (RoPE); LongHeads remaps rotary positions "
@@ -67,6 +92,9 @@ def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> Pre
     state = ModelState(config=config, rotary=rotary, table=table, num_heads=heads, num_kv_heads=kv_heads)
     for module in attention_modules:
         module.longheads_state = state
+    parent, _, attr = rotary_name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, Unrotated(rotary))
+    model.longheads_rotary = rotary_name
     model.longheads = state
     if model.config._attn_implementation != ATTN_NAME:
         model.longheads_previous_attn = model.config._attn_implementation
@@ -81,6 +109,8 @@ def disable(model: PreTrainedModel) -> PreTrainedModel:
     if getattr(model, "longheads", None) is None:
         return model
     model.set_attn_implementation(getattr(model, "longheads_previous_attn", None) or "sdpa")
+    parent, _, attr = model.longheads_rotary.rpartition(".")
+    setattr(model.get_submodule(parent), attr, model.longheads.rotary)
     model.__dict__.pop("generate", None)
     del model.longheads
     return model

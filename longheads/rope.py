@@ -1,10 +1,10 @@
 """Rotary position helpers.
 
-Transformers rotates queries and keys at their absolute positions before the attention function sees them.
-LongHeads needs them at *remapped* positions, so keys are cached without rotation (undone with the model's
-own cos/sin, which is exact) and rotated again at attention time by small positions only. This keeps
-position error from growing with the context: angles are never computed for positions beyond the
-attention length.
+LongHeads needs queries and keys at *remapped* positions, so the model's rotary embedding is made the
+identity while LongHeads is enabled (patch.Unrotated), keys are cached without rotation, and both are
+rotated at attention time by small positions only, from tables the model's own rotary module computed.
+This keeps position error from growing with the context: angles are never computed for positions beyond
+the attention length.
 """
 
 from __future__ import annotations
@@ -19,11 +19,6 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + rotate_half(x) * sin
-
-
-def undo_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # The inverse of a 2x2 rotation scaled by (cos^2 + sin^2): also exact for rope types that scale cos/sin.
-    return (x * cos - rotate_half(x) * sin) / (cos * cos + sin * sin)
 
 
 def model_cos_sin(rotary: torch.nn.Module, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

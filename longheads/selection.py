@@ -27,9 +27,34 @@ def paper_representation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos:
     return (weights @ kl).squeeze(-2)
 
 
-def selection_rows(first: int, per_token_from: int, total: int, w: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+class Rows:
+    """The selection rows of one forward call: chunk-aligned query blocks, then one row per tail token.
+
+    Every layer of the call has the same rows, so the attention function makes them once per call and
+    keeps here the device tensors derived from them: a layer then never waits on a copy from the host
+    (a copy from pageable memory stalls until the GPU has drained its queue)."""
+
+    def __init__(self, starts: torch.Tensor, ends: torch.Tensor, n_blocks: int):
+        self.starts, self.ends, self.n_blocks = starts, ends, n_blocks
+        self._made: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def on(self, device: torch.device, name: str, make) -> torch.Tensor:
+        """`make()` (a CPU tensor) copied to `device`, made once per name and device."""
+        key = (name, device)
+        if key not in self._made:
+            tensor = make()
+            if device.type == "cuda":
+                tensor = tensor.pin_memory().to(device, non_blocking=True)
+            self._made[key] = tensor.to(device)
+        return self._made[key]
+
+
+def selection_rows(first: int, per_token_from: int, total: int, w: int) -> Rows:
     """The selection rows of one forward call, on the CPU: chunk-aligned query blocks over
-    [first, per_token_from), then one row per token up to `total`. Returns (starts, ends, number of blocks)."""
+    [first, per_token_from), then one row per token up to `total`."""
     per_token_from = max(per_token_from, first)  # a call shorter than the tail is all tail
     c0, c1 = first // w, -(-per_token_from // w)
     block = torch.arange(c0, c1)
@@ -37,15 +62,16 @@ def selection_rows(first: int, per_token_from: int, total: int, w: int) -> tuple
     b_end = torch.clamp((block + 1) * w, max=per_token_from)
     keep = b_start < b_end
     t_start = torch.arange(per_token_from, total)
-    return torch.cat([b_start[keep], t_start]), torch.cat([b_end[keep], t_start + 1]), int(keep.sum())
+    return Rows(torch.cat([b_start[keep], t_start]), torch.cat([b_end[keep], t_start + 1]), int(keep.sum()))
 
 
-def row_means(q: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, offset: int) -> torch.Tensor:
+def row_means(q: torch.Tensor, rows: Rows, offset: int) -> torch.Tensor:
     """Mean query of every row: q [heads, n, d] holds positions offset.., rows cover starts[0]..ends[-1]."""
     device = q.device
-    lengths = (ends - starts).to(device)
+    starts, ends = rows.starts, rows.ends
     n = int(ends[-1] - starts[0])
-    seg = torch.repeat_interleave(torch.arange(len(starts), device=device), lengths, output_size=n)
+    lengths = rows.on(device, "lengths", lambda: (ends - starts).float())
+    seg = rows.on(device, "segments", lambda: torch.repeat_interleave(torch.arange(len(starts)), ends - starts))
     first = int(starts[0]) - offset
     sums = torch.zeros(q.shape[0], len(starts), q.shape[-1], device=device).index_add_(1, seg, q[:, first : first + n])
     return sums / lengths[None, :, None]
