@@ -97,7 +97,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         current = a // w
         row = scores[:, r, :current]
         if r >= rows.n_blocks and cfg.vote != "none":
-            row = _pool_votes(layer, row, cfg.vote, cfg.selected_chunks)
+            row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
                                                          scaling)

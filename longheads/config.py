@@ -39,6 +39,8 @@ class LongHeadsConfig:
     # of every earlier tail token's scores), "mass" (running sum of each token's softmax over chunks) or
     # "rank" (each token gives one vote to each of its top chunks; ties go to the current token's scores).
     vote: str = "rank"
+    # With "rank": how many chunks each of those tokens votes for; None = as many as a head selects.
+    votes_per_token: int | None = 3
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
@@ -55,7 +57,7 @@ class LongHeadsConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
-                          "backend"):
+                          "backend", "votes_per_token"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -68,6 +70,9 @@ class LongHeadsConfig:
         need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
         need(self.score_distance is None or (isinstance(self.score_distance, int) and self.score_distance >= 0),
              "score_distance", "it must be None or an integer >= 0")
+        need(self.votes_per_token is None
+             or (isinstance(self.votes_per_token, int) and not isinstance(self.votes_per_token, bool)
+                 and self.votes_per_token >= 1), "votes_per_token", "it must be None or an integer >= 1")
         need(isinstance(self.cpu_offload, bool), "cpu_offload", "it must be True or False")
         if self.attention_length is not None:
             self.check_attention_length(None)
@@ -82,6 +87,11 @@ class LongHeadsConfig:
     def selected_chunks(self) -> int:
         """Chunks each head picks by score (beyond the always-kept ones)."""
         return self.slots - self.sink_chunks - self.recent_chunks - 1
+
+    @property
+    def ballot_size(self) -> int:
+        """Chunks each question token votes for (rank votes)."""
+        return min(self.votes_per_token or self.selected_chunks, self.selected_chunks)
 
     def check_attention_length(self, pretrained_length: int | None) -> None:
         n = self.attention_length

@@ -118,7 +118,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     current = rows.on(device, "current", lambda: rows.starts // w)
     scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
     if cfg.vote != "none":
-        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.selected_chunks, current, n_chunks)
+        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks)
     sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 

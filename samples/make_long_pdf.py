@@ -33,11 +33,16 @@ class Fact:
     position: float = 0.0  # where in the document it was placed, as a fraction of the text
 
 
+# Each fact is one sentence whose wording the question mirrors, about something the filler never mentions.
+# All were checked with the embedded 135M model on short books that fit its window (docs/selection.md):
+# facts it could not answer even when it read every token (a rare word to copy, a name to pick out of a
+# clause) were reworded or replaced, because they test the model, not the reach of LongHeads. The first
+# three are the ones it answered every time; the end-to-end test uses those.
 FACTS = [
     Fact(
-        "The secret ingredient of the lighthouse keeper's soup is cardamom.",
+        "The secret ingredient of the lighthouse keeper's soup is fennel.",
         "What is the secret ingredient of the lighthouse keeper's soup?",
-        "cardamom",
+        "fennel",
     ),
     Fact(
         "The harbour master's parrot is named Bartholomew.",
@@ -45,14 +50,14 @@ FACTS = [
         "Bartholomew",
     ),
     Fact(
+        "The ferry to the island of Kest leaves on Thursdays.",
+        "On which day does the ferry to the island of Kest leave?",
+        "Thursday",
+    ),
+    Fact(
         "The key to the old observatory is hidden under the blue stone by the well.",
         "Where is the key to the old observatory hidden?",
         "blue stone",
-    ),
-    Fact(
-        "The password for the smugglers' cellar is marmalade.",
-        "What is the password for the smugglers' cellar?",
-        "marmalade",
     ),
     Fact(
         "The baker's prize-winning cake was flavoured with saffron.",
@@ -60,19 +65,19 @@ FACTS = [
         "saffron",
     ),
     Fact(
-        "The clock in the chapel tower was built by a woman named Ottilie Varga.",
-        "Who built the clock in the chapel tower?",
-        "Ottilie",
-    ),
-    Fact(
-        "The ferry to the island of Kest leaves every Thursday at seven in the morning.",
-        "On which day does the ferry to the island of Kest leave?",
-        "Thursday",
-    ),
-    Fact(
-        "The schoolmaster keeps a tortoise called Hannibal in his study.",
+        "The schoolmaster's tortoise is named Hannibal.",
         "What is the name of the schoolmaster's tortoise?",
         "Hannibal",
+    ),
+    Fact(
+        "The miller's grey horse is named Chestnut.",
+        "What is the name of the miller's grey horse?",
+        "Chestnut",
+    ),
+    Fact(
+        "The lighthouse keeper's dog is named Biscuit.",
+        "What is the name of the lighthouse keeper's dog?",
+        "Biscuit",
     ),
 ]
 
