@@ -20,6 +20,8 @@ from longheads.engine import LongHeadsModel
         ({"selection": "random"}, "selection"),
         ({"granularity": "layer"}, "granularity"),
         ({"vote": "loud"}, "vote"),
+        ({"votes_per_token": 0}, "votes_per_token"),
+        ({"votes_per_token": True}, "votes_per_token"),
         ({"sink_chunks": -1}, "sink_chunks"),
         ({"max_context": 10}, "max_context"),
         ({"cpu_offload": "yes"}, "cpu_offload"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import longheads
-from longheads.attention import ModelState, _chunk_attention
+from longheads.attention import ModelState, _chunk_attention, _pool_votes
 from longheads.cache import LongHeadsLayer
 from longheads.rope import PositionTable, apply_rope
 from longheads.selection import (
@@ -150,3 +150,17 @@ def test_trace_never_selects_future_chunks():
         assert sel.shape == (4, 8)
         current = 499 // 16
         assert (sel[:, -1] == current).all() and (sel[:, :-1] < current).all() and (sel[:, 0] == 0).all()
+
+
+def test_each_question_token_votes_for_its_best_chunks_only():
+    """Rank votes: a token adds one vote to each of its `ballot_size` best chunks, and votes add up over the
+    question's tokens, so a chunk several tokens match stays ahead of one a single token liked."""
+    assert cfg(votes_per_token=None).ballot_size == cfg().selected_chunks
+    assert cfg(votes_per_token=1000).ballot_size == cfg().selected_chunks
+    layer = LongHeadsLayer(16)
+    _pool_votes(layer, torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]]), "rank", 2)
+    assert layer.votes.tolist() == [[1, 1, 0, 0, 0]]
+    pooled = _pool_votes(layer, torch.tensor([[1.0, 5.0, 0.0, 0.0, 4.0]]), "rank", 2)
+    assert layer.votes.tolist() == [[1, 2, 0, 0, 1]]
+    assert int(pooled.argmax()) == 1
+
