@@ -52,7 +52,10 @@ def pretrained_length(text_config) -> int:
 
 
 def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> PreTrainedModel:
-    """Make `model.forward` and `model.generate` use LongHeads. Returns the same model."""
+    """Make `model.forward` and `model.generate` use LongHeads. Returns the same model.
+
+    Registers the attention function, and swaps the model's rotary embedding for `Unrotated` (restored
+    by `disable`)."""
     config = config or LongHeadsConfig()
     if not isinstance(model, PreTrainedModel):
         raise UnsupportedModelError(f"Expected a transformers PreTrainedModel, got {type(model).__name__}.")

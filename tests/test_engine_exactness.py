@@ -77,12 +77,21 @@ def test_generate_matches_unmodified_below_attention_length():
     assert torch.equal(out, ref)
 
 
-def test_disable_restores_the_original_attention():
+def test_disable_restores_the_original_attention_and_rotary():
     model = tiny_model("llama", 2)
-    longheads.enable(model, lh_config())
-    longheads.disable(model)
+    rotary = model.model.rotary_emb
+    ids = torch.randint(0, 128, (1, 600), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(ids).logits
+        longheads.enable(model, lh_config())
+        assert isinstance(model.model.rotary_emb, longheads.patch.Unrotated)
+        longheads.enable(model, lh_config())  # twice: still wraps the model's own module, once
+        assert model.model.rotary_emb.rotary is rotary
+        longheads.disable(model)
+        out = model(ids).logits
     assert model.config._attn_implementation == "sdpa"
-    assert not longheads.is_enabled(model)
+    assert not longheads.is_enabled(model) and model.model.rotary_emb is rotary
+    assert torch.equal(out, ref)  # beyond the attention length too: nothing of LongHeads is left
 
 
 def test_beyond_attention_length_runs_and_differs_from_full_attention():
