@@ -2,9 +2,9 @@
 
 While LongHeads is enabled the model's rotary embedding is the identity (patch.Unrotated), so `update`
 receives and stores keys without positions, and the attention function can lay chunks out at any positions
-it likes. With ``cpu_offload`` the values live in
-pinned CPU memory and only the chunks a head selects travel to the GPU; the keys stay on the GPU, because
-every query scores every chunk by its keys (moving them for each step would cost more than it saves).
+it likes. With ``cpu_offload`` the values live in pinned CPU memory and only the chunks a head selects
+travel to the GPU; the keys stay on the GPU, because every query scores every chunk by its keys (moving
+them for each step would cost more than it saves).
 """
 
 from __future__ import annotations
