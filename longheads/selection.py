@@ -38,17 +38,14 @@ class Rows:
         self.starts, self.ends, self.n_blocks = starts, ends, n_blocks
         self._made: dict = {}
 
-    def __len__(self) -> int:
-        return len(self.starts)
-
     def on(self, device: torch.device, name: str, make) -> torch.Tensor:
         """`make()` (a CPU tensor) copied to `device`, made once per name and device."""
         key = (name, device)
         if key not in self._made:
             tensor = make()
-            if device.type == "cuda":
-                tensor = tensor.pin_memory().to(device, non_blocking=True)
-            self._made[key] = tensor.to(device)
+            # Pinned, so that the copy is queued behind the GPU's work instead of waiting for it.
+            pinned = device.type == "cuda"
+            self._made[key] = (tensor.pin_memory() if pinned else tensor).to(device, non_blocking=pinned)
         return self._made[key]
 
 

@@ -115,7 +115,8 @@ def test_selected_chunks_are_laid_out_within_the_attention_length():
     layer = LongHeadsLayer(w)
     total = 50 * w + 5
     k_pre, v = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
-    layer.update(k_pre, v)
+    layer.update(k_pre, v)  # keys arrive without rotary positions and are stored as they are
+    assert torch.equal(layer.keys, k_pre)
 
     chunks = torch.tensor([[0, 3, 17, 30, 41, 48, 49], [0, 5, 6, 7, 20, 48, 49]])
     q_pre = torch.randn(heads, 1, d)
