@@ -33,6 +33,8 @@ EMBEDDED = "Embedded SmolLM2-135M-Instruct"
 HUB = "Hugging Face hub id"
 LOCAL = "Local path"
 KEPT_TRACES = 6  # older answers keep their text but drop their trace (a few MB each)
+BASELINE_TOKENS = 4  # answer tokens of the neutral question whose trace is the passages' baseline
+KEPT_BASELINES = 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Engine:
     # (tokens, seconds) of encodes on this machine: cost per token grows once a document outgrows the
     # heads' window, so an estimate scales the measurement nearest in length.
     timings: list[tuple[int, float]] = field(default_factory=list)
+    # Per document digest, the trace of a neutral question: what the heads read whatever is asked.
+    baselines: dict[str, Any] = field(default_factory=dict)
 
     def estimate(self, n_tokens: int) -> float:
         if not self.timings:
@@ -92,6 +96,7 @@ class Turn:
     stopped: bool = False
     error: str = ""
     trace: Any = None
+    baseline: Any = None  # the neutral question's trace for the same document (Engine.baselines)
     usage: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -369,6 +374,25 @@ def encode(engine: Engine, doc: Doc, n_tokens: int) -> None:
     )
 
 
+def neutral_trace(engine: Engine, doc: Doc, n_tokens: int, note: Any) -> Any:
+    """The trace of a neutral question about `doc`, made once per document and engine; the caller holds the
+    turn. In a long document the heads read some chunks (the first few thousand tokens above all) whatever
+    is asked, so the heads' view numbers the passages each answer read more than this question did."""
+    if n_tokens <= engine.lh.config.attention_length:
+        return None  # every head reads everything: there is nothing to subtract
+    if doc.digest not in engine.baselines:
+        note.caption("Noting what the heads read for any question about this document…")
+        engine.lh.generate(
+            longheads.document_messages(doc.text, longheads.NEUTRAL_QUESTION), max_new_tokens=BASELINE_TOKENS
+        )
+        while len(engine.baselines) >= KEPT_BASELINES:
+            engine.baselines.pop(next(iter(engine.baselines)))
+        engine.baselines[doc.digest] = engine.lh.last_trace
+        engine.holds = doc.digest
+        note.caption("…")
+    return engine.baselines[doc.digest]
+
+
 def progress_text(
     marks: list[tuple[int, int, float]], n_tokens: int, start: float, engine: Engine
 ) -> tuple[float, str]:
@@ -503,6 +527,8 @@ def ask(engine: Engine, doc: Doc, question: str, n_tokens: int) -> None:
             try:
                 if engine.holds != doc.digest:
                     encode(engine, doc, n_tokens)
+                t.baseline = neutral_trace(engine, doc, n_tokens, body)
+                before = lh.last_trace
                 stop.button("Stop", icon=":material/stop_circle:", key="stop")
                 stream = lh.stream(
                     longheads.document_messages(doc.text, question), max_new_tokens=settings.max_new_tokens
@@ -532,7 +558,7 @@ def ask(engine: Engine, doc: Doc, question: str, n_tokens: int) -> None:
         if t.usage:
             st.caption(usage_line(t))
     for old in ss.chats[doc.digest][:-KEPT_TRACES]:
-        old.trace = None
+        old.trace = old.baseline = None
     ss.view_answer = len(ss.chats[doc.digest]) - 1
 
 
@@ -566,6 +592,7 @@ def heads_panel(engine: Engine, doc: Doc) -> None:
     heads_view.show(
         turns[ss.view_answer].trace,
         doc,
+        baseline=turns[ss.view_answer].baseline,
         sink_chunks=cfg.sink_chunks,
         recent_chunks=cfg.recent_chunks,
         attention_length=cfg.attention_length,

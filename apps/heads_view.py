@@ -17,6 +17,8 @@ import streamlit as st
 import torch
 from document import Doc, page_range
 
+import longheads
+
 ALWAYS_KEPT = "always kept"
 DOCUMENT = "document"
 PROMPT = "prompt"
@@ -33,7 +35,8 @@ class ChunkView:
     pages: pd.DataFrame  # one row per page: its token span in the prompt
     steps: int
     heads: int  # layers x heads
-    top: list[int]  # most selected document chunks, best first
+    top: list[int]  # most selected document chunks (beyond the baseline's, when there is one), best first
+    has_baseline: bool = False
 
 
 def locate(prompt_text: str, doc: Doc) -> int:
@@ -55,7 +58,9 @@ def distinct_heads(selections: torch.Tensor, n_chunks: int) -> np.ndarray:
     return seen[:, 1:].sum(0).numpy()
 
 
-def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int) -> ChunkView:
+def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int, baseline=None) -> ChunkView:
+    """`baseline`: the trace of a neutral question about the same document (or None); passages are then
+    ranked by how much more this answer read them."""
     # The trace also has chunks of the generated answer; the view is about the prompt.
     token_spans = [tuple(s) for s in trace.chunk_token_spans if s[0] < trace.prompt_tokens]
     char_spans = [tuple(s) for s in trace.chunk_char_spans[: len(token_spans)]]
@@ -67,6 +72,12 @@ def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int) -> ChunkView:
     counts = trace.chunk_counts().to(torch.float64).numpy()[:n]
     counts = np.pad(counts, (0, n - len(counts)))
     distinct = distinct_heads(trace.selections, n)
+    if baseline is not None and locate(baseline.prompt_text, doc) != locate(trace.prompt_text, doc):
+        baseline = None  # a different layout: its chunks are not these
+    base = np.zeros(n)
+    if baseline is not None:
+        b = baseline.chunk_counts().to(torch.float64).numpy()[:n] / max(len(baseline.selections), 1)
+        base[: len(b)] = b
 
     offset = locate(trace.prompt_text, doc)
     doc_end = offset + len(doc.text)
@@ -84,6 +95,7 @@ def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int) -> ChunkView:
                 "start": t0,
                 "end": t1,
                 "per_token": counts[i] / max(steps, 1),
+                "neutral_per_token": base[i],
                 "share": counts[i] / max(steps * n_heads, 1),
                 "distinct": int(distinct[i]),
                 "kind": kind,
@@ -93,8 +105,9 @@ def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int) -> ChunkView:
             }
         )
     table = pd.DataFrame(rows)
-    top = [c for c in trace.top_chunks(TOP_K + 4) if c < n and table.at[c, "kind"] == DOCUMENT][:TOP_K]
-    return ChunkView(table, page_spans(doc, offset, char_spans, token_spans), steps, n_heads, top)
+    ranked = trace.top_chunks(TOP_K + 4, baseline=baseline)
+    top = [c for c in ranked if c < n and table.at[c, "kind"] == DOCUMENT][:TOP_K]
+    return ChunkView(table, page_spans(doc, offset, char_spans, token_spans), steps, n_heads, top, baseline is not None)
 
 
 def page_spans(doc: Doc, offset: int, char_spans: list, token_spans: list) -> pd.DataFrame:
@@ -244,9 +257,10 @@ def passage(trace, doc: Doc, view: ChunkView, rank: int, chunk: int) -> None:
     row = view.table.loc[chunk]
     with st.container(border=True):
         head, more = st.columns([4, 1], vertical_alignment="center")
+        neutral = f" ({row['neutral_per_token']:.0f} for any question)" if view.has_baseline else ""
         head.markdown(
             f"**{rank} · {row['pages']}** — read by **{row['per_token']:.0f}** of {view.heads} heads per answer "
-            f"token · chunk {chunk}, tokens {row['start']:,}–{row['end']:,}"
+            f"token{neutral} · chunk {chunk}, tokens {row['start']:,}–{row['end']:,}"
         )
         if row["page"]:
             page = doc.pages[int(row["page"]) - 1]
@@ -257,12 +271,14 @@ def passage(trace, doc: Doc, view: ChunkView, rank: int, chunk: int) -> None:
         st.caption(escape_markdown(snippet(trace.prompt_text[c0:c1], 300)))
 
 
-def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_length: int, key: str) -> None:
+def show(
+    trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_length: int, key: str, baseline=None
+) -> None:
     """Draws the heads' view of one answer in the current Streamlit container."""
     # Built once per answer: later reruns (a click, the chunk picker) reuse the table and the chart's spec.
     cache: dict = st.session_state.setdefault("heads_view_cache", {})
     if key not in cache:
-        view = build(trace, doc, sink_chunks, recent_chunks)
+        view = build(trace, doc, sink_chunks, recent_chunks, baseline)
         while len(cache) >= CACHED_VIEWS:
             cache.pop(next(iter(cache)))
         cache[key] = (view, strip_chart(view).to_dict())
@@ -277,7 +293,13 @@ def show(trace, doc: Doc, *, sink_chunks: int, recent_chunks: int, attention_len
         f"{len(view.table):,} chunks of {trace.chunk_size} tokens · {view.steps} answer tokens × "
         f"{trace.num_layers} layers × {trace.num_heads} heads. Darker chunks were read by more heads; grey ones "
         "(the start and the question) are read by every head by rule; the band below marks the pages. "
-        "Numbers mark the most read passages. Click a chunk to inspect it."
+        + (
+            "Numbers mark the passages this answer read most beyond what the heads read for any question "
+            f"(“{longheads.NEUTRAL_QUESTION}”). "
+            if view.has_baseline
+            else "Numbers mark the most read passages. "
+        )
+        + "Click a chunk to inspect it."
     )
     interactive(trace, doc, view, spec, key)
 
@@ -297,11 +319,12 @@ def interactive(trace, doc: Doc, view: ChunkView, spec: dict, key: str) -> None:
 
     if not view.top:
         st.info(
-            "The heads read only the always-kept chunks for this answer: the document fits in their "
-            "attention window, or the answer did not need it."
+            "The heads read only the always-kept chunks for this answer"
+            + (", or no more than for any question" if view.has_baseline else "")
+            + ": the document fits in their attention window, or the answer did not need it."
         )
     else:
-        st.markdown("**Most read passages**")
+        st.markdown("**Passages read most for this question**" if view.has_baseline else "**Most read passages**")
         for rank, c in enumerate(view.top[:SHOWN], 1):
             passage(trace, doc, view, rank, c)
         if len(view.top) > SHOWN:

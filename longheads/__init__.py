@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 from .engine import LongHeadsModel, load, load_shared  # noqa: E402
-from .prompts import document_messages  # noqa: E402
+from .prompts import NEUTRAL_QUESTION, document_messages  # noqa: E402
 from .trace import SelectionTrace  # noqa: E402
 
-__all__ += ["LongHeadsModel", "SelectionTrace", "document_messages", "load", "load_shared"]
+__all__ += ["NEUTRAL_QUESTION", "LongHeadsModel", "SelectionTrace", "document_messages", "load", "load_shared"]

@@ -100,7 +100,7 @@ class _Trace(Protocol):
 
     def chunk_counts(self) -> Any: ...
 
-    def top_chunks(self, k: int) -> list[int]: ...
+    def top_chunks(self, k: int, baseline: Any = None) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -178,21 +178,14 @@ class PDFDocument:
 
         Pages are ranked by their most selected chunk, as `trace.top_chunks` ranks chunks: the first chunks
         and those next to the question are read by every head by rule and say nothing, so they are left out.
-
-        Some chunks are read often whatever the question. `baseline`, the trace of another question about the
-        same document laid out the same way (a neutral one such as "What is this document about?"), takes
-        them out: chunks are then ranked by how much more often per step this answer's heads read them than
-        the baseline's did, and only chunks read more often count.
+        `baseline`, the trace of another question about the same document laid out the same way (a neutral
+        one such as "What is this document about?"), leaves out what the heads read whatever is asked
+        (`SelectionTrace.top_chunks`).
         """
         counts = [int(c) for c in trace.chunk_counts().tolist()]
-        ranked = trace.top_chunks(len(counts))
-        if baseline is not None:
-            if self.locate(baseline.prompt_text) != self.locate(trace.prompt_text):
-                raise ValueError("the baseline's prompt does not hold this document at the same place")
-            base = [int(c) for c in baseline.chunk_counts().tolist()]
-            steps, base_steps = max(len(trace.selections), 1), max(len(baseline.selections), 1)
-            gain = {c: counts[c] / steps - (base[c] / base_steps if c < len(base) else 0.0) for c in ranked}
-            ranked = sorted((c for c in ranked if gain[c] > 0), key=lambda c: -gain[c])
+        if baseline is not None and self.locate(baseline.prompt_text) != self.locate(trace.prompt_text):
+            raise ValueError("the baseline's prompt does not hold this document at the same place")
+        ranked = trace.top_chunks(len(counts), baseline=baseline)
         pages = self.chunk_pages(trace)
         order: list[int] = []
         hits: dict[int, list[int]] = {}

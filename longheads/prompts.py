@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 DEFAULT_SYSTEM = "You are a helpful assistant. Answer questions using only the document you are given."
+# Asked once per document, its selection trace is the baseline of the page map: what the heads read whatever
+# the question (SelectionTrace.top_chunks).
+NEUTRAL_QUESTION = "What is this document about?"
 
 
 def document_messages(document: str, question: str, system: str | None = DEFAULT_SYSTEM) -> list[dict]:

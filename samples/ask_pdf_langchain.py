@@ -19,7 +19,7 @@ from langchain_longheads import ChatLongHeads
 import longheads
 from longheads.pdf import read_pdf
 
-NEUTRAL = "What is this document about?"
+NEUTRAL = longheads.NEUTRAL_QUESTION
 SYSTEM = "You are a helpful assistant. Answer questions using only the document you are given."
 # The document comes before the question: every question about it then shares the encoded prefix.
 PROMPT = ChatPromptTemplate.from_messages(

@@ -35,9 +35,9 @@ def main() -> None:
     # A neutral first question encodes the whole document once; its trace becomes the baseline, so the
     # source pages of later answers are those each question made the heads read more than usual.
     start = time.perf_counter()
-    about = query_engine.query("What is this document about?")
+    about = query_engine.query(longheads.NEUTRAL_QUESTION)
     query_engine.baseline = llm.engine.last_trace
-    print(f"\nQ: What is this document about?\nA: {about.response.strip()}")
+    print(f"\nQ: {longheads.NEUTRAL_QUESTION}\nA: {about.response.strip()}")
     print(f"   ({time.perf_counter() - start:.1f} s, document encoded)")
 
     for question in args.questions:

@@ -153,6 +153,9 @@ def test_heads_view_with_real_selection_and_context_limit() -> None:
     assert charts(at) == 2
     passages = [m.value for m in at.markdown if re.match(r"\*\*\d · pp?\. ", m.value)]
     assert passages, "the most read passages name their pages"
+    # The document outgrows the window, so a neutral question's reads were subtracted.
+    assert all("for any question" in p for p in passages)
+    assert any("Passages read most for this question" in m.value for m in at.markdown)
 
     # The layer x head grid follows the chunk picker (a click on the strip moves the picker too).
     chunk = next(s for s in at.selectbox if s.label == "Chunk")
@@ -292,6 +295,29 @@ def _long_trace(n_chunks: int = 400, chunk: int = 256, steps: int = 65):
         selections=torch.randint(0, n_chunks, (steps, 30, 9, 16), generator=torch.Generator().manual_seed(0)).int(),
     )
     return trace, doc
+
+
+def test_heads_view_numbers_passages_beyond_a_neutral_question() -> None:
+    import sys
+    from dataclasses import replace
+
+    import torch
+
+    sys.path.insert(0, str(APP.parent))
+    import document
+    import heads_view
+
+    trace, parsed = _long_trace(n_chunks=40, steps=3)
+    doc = document.Doc("long.pdf", parsed, 0, "0" * 64)
+    plain = heads_view.build(trace, doc, sink_chunks=1, recent_chunks=1)
+    assert not plain.has_baseline and len(plain.top) == heads_view.TOP_K
+    # A neutral question whose heads read the answer's favourite chunk at every slot.
+    neutral = replace(trace, selections=torch.full_like(trace.selections, plain.top[0]))
+    view = heads_view.build(trace, doc, sink_chunks=1, recent_chunks=1, baseline=neutral)
+    assert view.has_baseline and plain.top[0] not in view.top and view.top[:-1] == plain.top[1:]
+    assert view.table.at[plain.top[0], "neutral_per_token"] == 30 * 9 * 16
+    # Reading exactly what any question reads leaves no passage to number.
+    assert heads_view.build(trace, doc, sink_chunks=1, recent_chunks=1, baseline=trace).top == []
 
 
 def test_heads_view_stays_fast_for_a_100k_token_document() -> None:

@@ -16,6 +16,7 @@ import pytest
 from langchain_longheads import ChatLongHeads
 from llama_index.llms.longheads import LongHeads, WholeDocumentQueryEngine
 
+import longheads
 from longheads.pdf import PDFDocument, read_pdf
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 MIN_TOKENS = 16_384
 
 
-NEUTRAL = "What is this document about?"
+NEUTRAL = longheads.NEUTRAL_QUESTION
 
 
 class Book:

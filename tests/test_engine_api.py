@@ -88,6 +88,25 @@ def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
     assert first == fresh
 
 
+def _trace(rows: list[list[list[int]]]) -> longheads.SelectionTrace:
+    """A trace of 12 chunks whose single layer's heads read the given chunks at each step."""
+    return longheads.SelectionTrace(
+        chunk_size=4, num_layers=1, num_heads=len(rows[0]), prompt_text="x" * 48, prompt_tokens=48,
+        chunk_token_spans=[(4 * i, 4 * i + 4) for i in range(12)],
+        chunk_char_spans=[(4 * i, 4 * i + 4) for i in range(12)],
+        selections=torch.tensor(rows, dtype=torch.int32)[:, None], always_kept=[{0, 11}] * len(rows),
+    )
+
+
+def test_top_chunks_leave_out_what_a_neutral_question_reads_too():
+    # Chunk 3 is read by three heads whatever is asked; this answer also read chunk 7 with two heads.
+    answer = _trace([[[0, 3, 7], [0, 3, 7], [0, 3, 11], [0, 5, 11]]] * 2)
+    neutral = _trace([[[0, 3, 11], [0, 3, 11], [0, 3, 11], [0, 9, 11]]] * 4)
+    assert answer.top_chunks(3) == [3, 7, 5]
+    assert answer.top_chunks(3, baseline=neutral) == [7, 5]  # 3: no more than usual; 9: read less
+    assert answer.top_chunks(1, baseline=neutral) == [7]
+
+
 def test_trace_describes_chunks_and_selections(engine):
     document = " ".join(f"Entry {i}: the tide table lists {i * 3} centimetres." for i in range(500))
     engine.generate(longheads.document_messages(document, "What does entry 10 list?"), max_new_tokens=5)
