@@ -18,6 +18,7 @@ from .cache import LongHeadsLayer, current_layer
 from .config import LongHeadsConfig
 from .rope import PositionTable, apply_rope
 from .selection import (
+    CONSENSUS_WEIGHT,
     Rows,
     choose_chunks,
     paper_representation,
@@ -97,7 +98,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         current = a // w
         row = scores[:, r, :current]
         if r >= rows.n_blocks and cfg.vote != "none":
-            row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size)
+            row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
                                                          scaling)
@@ -166,26 +167,28 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     )[0]
 
 
-def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int) -> torch.Tensor:
+def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, scope: str = "head") -> torch.Tensor:
     """Pool chunk scores over the question's tokens (and the answer's), so a chunk that any of them
-    matched well stays selected for the tokens that follow."""
+    matched well stays selected for the tokens that follow; with scope "layer", over the layer's heads too."""
+    previous = getattr(layer, "votes", None)
+    layer.vote_tokens = 1 if previous is None else layer.vote_tokens + 1
     if vote == "rank":
         ballot = torch.zeros_like(scores).scatter_(1, scores.topk(min(k, scores.shape[1]), dim=1).indices, 1.0)
-        previous = getattr(layer, "votes", None)
         if previous is not None:
             ballot[:, : previous.shape[1]] += previous
         layer.votes = ballot
+        if scope == "layer":
+            ballot = ballot.mean(0, keepdim=True) * (CONSENSUS_WEIGHT / layer.vote_tokens)
         # Votes decide; the current token's own scores (squashed to (0, 1)) only break ties.
         return ballot + torch.softmax(scores, dim=-1)
     if vote == "mass":
         scores = torch.softmax(scores, dim=-1)
-    previous = getattr(layer, "votes", None)
     if previous is not None:
         grown = torch.full_like(scores, float("-inf") if vote == "max" else 0.0)
         grown[:, : previous.shape[1]] = previous
         scores = torch.maximum(grown, scores) if vote == "max" else grown + scores
     layer.votes = scores
-    return scores
+    return scores.mean(0, keepdim=True).expand_as(scores) if scope == "layer" else scores
 
 
 def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, pos: int,

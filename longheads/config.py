@@ -8,6 +8,7 @@ from .errors import ConfigError
 
 SELECTION_METHODS = ("maxlogit", "paper")
 VOTES = ("none", "max", "mass", "rank")
+VOTE_SCOPES = ("head", "layer")
 GRANULARITIES = ("head", "kv_group")
 BACKENDS = ("auto", "triton", "reference")
 
@@ -41,6 +42,9 @@ class LongHeadsConfig:
     vote: str = "rank"
     # With "rank": how many chunks each of those tokens votes for; None = as many as a head selects.
     votes_per_token: int | None = 3
+    # Whose pooled votes a head follows at question time: "head" (its own) or "layer" (those of every head of
+    # its layer, its own scores breaking ties), so that a layer's heads read the same chunks.
+    vote_scope: str = "layer"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
@@ -57,7 +61,7 @@ class LongHeadsConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
-                          "backend", "votes_per_token"):
+                          "backend", "votes_per_token", "vote_scope"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -67,6 +71,7 @@ class LongHeadsConfig:
         need(self.selection in SELECTION_METHODS, "selection", f"choose one of {SELECTION_METHODS}")
         need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
         need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
+        need(self.vote_scope in VOTE_SCOPES, "vote_scope", f"choose one of {VOTE_SCOPES}")
         need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
         need(self.score_distance is None or (isinstance(self.score_distance, int) and self.score_distance >= 0),
              "score_distance", "it must be None or an integer >= 0")

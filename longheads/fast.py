@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .selection import Rows
+from .selection import CONSENSUS_WEIGHT, Rows
 
 
 def supports(chunk_size: int, head_dim: int) -> bool:
@@ -38,7 +38,7 @@ def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chu
 
 
 def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,
-          last_current: int) -> torch.Tensor:
+          last_current: int, scope: str = "head") -> torch.Tensor:
     """The reference's `_pool_votes` for all tail rows (rows n_blocks..) at once: votes accumulate over the
     tail in order."""
     if vote == "none" or n_blocks == scores.shape[1]:
@@ -47,14 +47,19 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     raw = scores[:, idx]  # [heads, m, C]; columns at or beyond a row's current chunk are -inf
     heads, m, n_chunks = raw.shape
     previous = getattr(layer, "votes", None)
+    done = 0 if previous is None else layer.vote_tokens
+    layer.vote_tokens = done + m
     base = torch.zeros(heads, n_chunks, device=raw.device, dtype=raw.dtype)
     if previous is not None:
         base[:, : previous.shape[1]] = previous[:, :n_chunks]
     if vote == "rank":
         top = raw.topk(min(k, n_chunks), dim=-1).indices
         ballots = torch.zeros_like(raw).scatter_(2, top, 1.0).cumsum(1) + base[:, None]
-        pooled_scores = ballots + torch.softmax(raw, dim=-1)
         last = ballots[:, -1]
+        if scope == "layer":
+            tokens = torch.arange(done + 1, done + m + 1, device=raw.device, dtype=raw.dtype)
+            ballots = ballots.mean(0, keepdim=True) * (CONSENSUS_WEIGHT / tokens[:, None])
+        pooled_scores = ballots + torch.softmax(raw, dim=-1)
     else:
         per_token = torch.softmax(raw, dim=-1) if vote == "mass" else raw
         if vote == "max":
@@ -66,6 +71,9 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
         else:
             pooled_scores = per_token.cumsum(1) + base[:, None]
         last = pooled_scores[:, -1]
+        if scope == "layer":
+            valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
+            pooled_scores = torch.where(valid, pooled_scores, 0.0).mean(0, keepdim=True).expand_as(pooled_scores)
     layer.votes = last[:, :last_current]
     valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
     out = scores.clone()
@@ -118,7 +126,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     current = rows.on(device, "current", lambda: rows.starts // w)
     scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
     if cfg.vote != "none":
-        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks)
+        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks, cfg.vote_scope)
     sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 

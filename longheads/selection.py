@@ -11,6 +11,11 @@ import torch
 from .config import LongHeadsConfig
 from .rope import apply_rope
 
+# With vote_scope="layer", a layer's pooled rank votes are the share of its (head, question token) ballots
+# each chunk got, scaled so that a difference in share outweighs a head's own scores (a softmax, < 1), which
+# only break ties. The value is the one measured in docs/selection.md (session 4).
+CONSENSUS_WEIGHT = 16.0
+
 
 def paper_representation(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
                          sin: torch.Tensor, scaling: float) -> torch.Tensor:

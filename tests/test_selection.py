@@ -8,6 +8,7 @@ import torch
 import longheads
 from longheads.attention import ModelState, _chunk_attention, _pool_votes
 from longheads.cache import LongHeadsLayer
+from longheads.errors import ConfigError
 from longheads.rope import PositionTable, apply_rope
 from longheads.selection import (
     choose_chunks,
@@ -165,3 +166,20 @@ def test_each_question_token_votes_for_its_best_chunks_only():
     assert layer.votes.tolist() == [[1, 2, 0, 0, 1]]
     assert int(pooled.argmax()) == 1
 
+
+
+def test_layer_scope_makes_a_layers_heads_follow_their_pooled_votes():
+    """vote_scope="layer": every head ranks chunks by the share of the layer's ballots (all heads, all
+    question tokens so far); its own scores only break ties."""
+    scores = torch.tensor([[0.0, 5.0, 0.0, 1.0], [0.0, 4.0, 1.0, 0.0], [0.0, 1.0, 0.0, 6.0]])
+    own = _pool_votes(LongHeadsLayer(16), scores, "rank", 1, "head")
+    assert own.argmax(1).tolist() == [1, 1, 3]
+    layer = LongHeadsLayer(16)
+    pooled = _pool_votes(layer, scores, "rank", 1, "layer")
+    assert pooled.argmax(1).tolist() == [1, 1, 1]  # two of three heads voted for chunk 1
+    assert layer.votes.tolist() == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]  # each head's own ballots
+    # A second token whose three heads all prefer chunk 3 turns the layer to it (4 of 6 ballots).
+    pooled = _pool_votes(layer, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 3), "rank", 1, "layer")
+    assert layer.vote_tokens == 2 and pooled.argmax(1).tolist() == [3, 3, 3]
+    with pytest.raises(ConfigError, match="vote_scope"):
+        cfg(vote_scope="model")
