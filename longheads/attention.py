@@ -39,6 +39,9 @@ class ModelState:
     num_heads: int
     num_kv_heads: int
     rows: tuple | None = None  # (key, Rows) of the forward call in progress
+    # vote_scope="model": the question's ballots of every layer so far (per chunk) and how many were cast.
+    tally: torch.Tensor | None = None
+    voters: int = 0
 
 
 def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -54,6 +57,8 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         layer.update(key, value)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    if query.shape[2] > 1 and getattr(module, "layer_idx", 0) == 0:
+        state.tally, state.voters = None, 0  # a new prompt (or piece): the model's tally starts afresh
     out = _attend(layer, state, query[0], scaling)
     return out.transpose(0, 1)[None], None
 
@@ -98,7 +103,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         current = a // w
         row = scores[:, r, :current]
         if r >= rows.n_blocks and cfg.vote != "none":
-            row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope)
+            row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope, state)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
                                                          scaling)
@@ -167,18 +172,31 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     )[0]
 
 
-def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, scope: str = "head") -> torch.Tensor:
+def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, scope: str = "head",
+                state: ModelState | None = None) -> torch.Tensor:
     """Pool chunk scores over the question's tokens (and the answer's), so a chunk that any of them
-    matched well stays selected for the tokens that follow; with scope "layer", over the layer's heads too."""
+    matched well stays selected for the tokens that follow; with scope "layer", over the layer's heads too,
+    and with "model" over every layer's so far as well (see LongHeadsConfig.vote_scope)."""
     previous = getattr(layer, "votes", None)
     layer.vote_tokens = 1 if previous is None else layer.vote_tokens + 1
     if vote == "rank":
-        ballot = torch.zeros_like(scores).scatter_(1, scores.topk(min(k, scores.shape[1]), dim=1).indices, 1.0)
+        own = torch.zeros_like(scores).scatter_(1, scores.topk(min(k, scores.shape[1]), dim=1).indices, 1.0)
+        ballot = own.clone()
         if previous is not None:
             ballot[:, : previous.shape[1]] += previous
         layer.votes = ballot
-        if scope == "layer":
-            ballot = ballot.mean(0, keepdim=True) * (CONSENSUS_WEIGHT / layer.vote_tokens)
+        if scope != "head":
+            ballot = ballot.mean(0, keepdim=True) / layer.vote_tokens
+        if scope == "model":
+            # Earlier rows may have had more chunks (a question that crosses a chunk boundary): keep them all.
+            prev = state.tally if state.tally is not None else own.new_zeros(0)
+            tally = own.new_zeros(max(len(prev), own.shape[1]))
+            tally[: len(prev)] += prev
+            tally[: own.shape[1]] += own.sum(0)
+            state.tally, state.voters = tally, state.voters + scores.shape[0]
+            ballot = ballot + tally[: own.shape[1]] / state.voters
+        if scope != "head":
+            ballot = ballot * CONSENSUS_WEIGHT
         # Votes decide; the current token's own scores (squashed to (0, 1)) only break ties.
         return ballot + torch.softmax(scores, dim=-1)
     if vote == "mass":
@@ -188,7 +206,7 @@ def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, 
         grown[:, : previous.shape[1]] = previous
         scores = torch.maximum(grown, scores) if vote == "max" else grown + scores
     layer.votes = scores
-    return scores.mean(0, keepdim=True).expand_as(scores) if scope == "layer" else scores
+    return scores if scope == "head" else scores.mean(0, keepdim=True).expand_as(scores)
 
 
 def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, pos: int,

@@ -8,7 +8,7 @@ from .errors import ConfigError
 
 SELECTION_METHODS = ("maxlogit", "paper")
 VOTES = ("none", "max", "mass", "rank")
-VOTE_SCOPES = ("head", "layer")
+VOTE_SCOPES = ("head", "layer", "model")
 GRANULARITIES = ("head", "kv_group")
 BACKENDS = ("auto", "triton", "reference")
 
@@ -42,8 +42,9 @@ class LongHeadsConfig:
     vote: str = "rank"
     # With "rank": how many chunks each of those tokens votes for; None = as many as a head selects.
     votes_per_token: int | None = 3
-    # Whose pooled votes a head follows at question time: "head" (its own) or "layer" (those of every head of
-    # its layer, its own scores breaking ties), so that a layer's heads read the same chunks.
+    # Whose pooled votes a head follows at question time: "head" (its own), "layer" (those of every head of
+    # its layer, its own scores breaking ties, so that a layer's heads read the same chunks) or "model" (the
+    # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer").
     vote_scope: str = "layer"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None

@@ -38,7 +38,7 @@ def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chu
 
 
 def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,
-          last_current: int, scope: str = "head") -> torch.Tensor:
+          last_current: int, scope: str = "head", state=None) -> torch.Tensor:
     """The reference's `_pool_votes` for all tail rows (rows n_blocks..) at once: votes accumulate over the
     tail in order."""
     if vote == "none" or n_blocks == scores.shape[1]:
@@ -54,11 +54,21 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
         base[:, : previous.shape[1]] = previous[:, :n_chunks]
     if vote == "rank":
         top = raw.topk(min(k, n_chunks), dim=-1).indices
-        ballots = torch.zeros_like(raw).scatter_(2, top, 1.0).cumsum(1) + base[:, None]
+        own = torch.zeros_like(raw).scatter_(2, top, 1.0)
+        ballots = own.cumsum(1) + base[:, None]
         last = ballots[:, -1]
-        if scope == "layer":
+        if scope != "head":
             tokens = torch.arange(done + 1, done + m + 1, device=raw.device, dtype=raw.dtype)
-            ballots = ballots.mean(0, keepdim=True) * (CONSENSUS_WEIGHT / tokens[:, None])
+            ballots = ballots.mean(0, keepdim=True) / tokens[:, None]
+        if scope == "model":
+            tally = own.sum(0).cumsum(0)  # [m, C]: this layer's ballots up to each row
+            if state.tally is not None:
+                tally[:, : state.tally.shape[0]] += state.tally[:n_chunks]
+            voters = state.voters + heads * torch.arange(1, m + 1, device=raw.device, dtype=raw.dtype)
+            state.tally, state.voters = tally[-1], state.voters + heads * m
+            ballots = ballots + tally / voters[:, None]
+        if scope != "head":
+            ballots = ballots * CONSENSUS_WEIGHT
         pooled_scores = ballots + torch.softmax(raw, dim=-1)
     else:
         per_token = torch.softmax(raw, dim=-1) if vote == "mass" else raw
@@ -71,7 +81,7 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
         else:
             pooled_scores = per_token.cumsum(1) + base[:, None]
         last = pooled_scores[:, -1]
-        if scope == "layer":
+        if scope != "head":
             valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
             pooled_scores = torch.where(valid, pooled_scores, 0.0).mean(0, keepdim=True).expand_as(pooled_scores)
     layer.votes = last[:, :last_current]
@@ -126,7 +136,8 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     current = rows.on(device, "current", lambda: rows.starts // w)
     scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
     if cfg.vote != "none":
-        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks, cfg.vote_scope)
+        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks, cfg.vote_scope,
+                       state)
     sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 

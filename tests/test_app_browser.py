@@ -9,6 +9,7 @@ given in $LONGHEADS_APP_PDF with its question in $LONGHEADS_APP_QUESTION).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -155,7 +156,8 @@ def run(page, url: str) -> None:
     page.get_by_text("Where the heads looked").wait_for()
     charts = page.locator("[data-testid='stVegaLiteChart']")
     charts.nth(1).wait_for()
-    page.get_by_text("Most read passages", exact=True).wait_for()
+    # Documents longer than the heads' window rank passages beyond a neutral question's reads.
+    page.get_by_text(re.compile(r"^(Most read passages|Passages read most for this question)$")).wait_for()
     page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for()
     wait_idle(page)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

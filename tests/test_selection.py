@@ -182,4 +182,23 @@ def test_layer_scope_makes_a_layers_heads_follow_their_pooled_votes():
     pooled = _pool_votes(layer, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 3), "rank", 1, "layer")
     assert layer.vote_tokens == 2 and pooled.argmax(1).tolist() == [3, 3, 3]
     with pytest.raises(ConfigError, match="vote_scope"):
-        cfg(vote_scope="model")
+        cfg(vote_scope="everyone")
+
+
+def test_model_scope_adds_every_earlier_layers_ballots():
+    """vote_scope="model": a head follows its layer's share of ballots plus the share of all ballots cast so
+    far in the model (earlier layers, then this layer's tokens up to the current one)."""
+    state = ModelState(config=cfg(), rotary=None, table=None, num_heads=2, num_kv_heads=1)
+    first, second = LongHeadsLayer(16), LongHeadsLayer(16)
+    # Layer 0: both heads vote for chunk 2.
+    _pool_votes(first, torch.tensor([[0.0, 1.0, 5.0], [0.0, 1.0, 5.0]]), "rank", 1, "model", state)
+    assert state.tally.tolist() == [0, 0, 2] and state.voters == 2
+    # Layer 1's heads split between chunks 0 and 1: each has half the layer's ballots and a quarter of the
+    # model's, ahead of chunk 2 (none of the layer's, half of the model's).
+    pooled = _pool_votes(second, torch.tensor([[5.0, 1.0, 0.0], [1.0, 5.0, 0.0]]), "rank", 1, "model", state)
+    assert state.tally.tolist() == [1, 1, 2] and state.voters == 4
+    expected = torch.tensor([0.5 + 0.25, 0.5 + 0.25, 0.0 + 0.5]) * 16
+    assert torch.allclose(pooled - torch.softmax(torch.tensor([[5.0, 1.0, 0.0], [1.0, 5.0, 0.0]]), -1), expected)
+    # A later row with one more chunk keeps the tally's columns aligned.
+    _pool_votes(second, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 2), "rank", 1, "model", state)
+    assert state.tally.tolist() == [1, 1, 2, 2] and state.voters == 6
