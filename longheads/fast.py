@@ -101,9 +101,11 @@ def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int) -> to
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
     top = cand.topk(k, dim=-1).indices
-    fixed = torch.cat([torch.arange(sink, device=scores.device).expand(n_rows, -1),
-                       hi + torch.arange(recent, device=scores.device)], 1)
-    return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
+    first = torch.arange(sink, device=scores.device).expand(heads, n_rows, -1)
+    last = (hi + torch.arange(recent, device=scores.device)).expand(heads, -1, -1)
+    if cfg.chunk_order == "score":
+        return torch.cat([first, top.flip(-1), last], -1)
+    return torch.cat([first, top, last], -1).sort(-1).values
 
 
 def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, start: int, w: int,
