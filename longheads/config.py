@@ -47,9 +47,10 @@ class LongHeadsConfig:
     # its layer, its own scores breaking ties, so that a layer's heads read the same chunks) or "model" (the
     # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer").
     vote_scope: str = "layer"
-    # How a head's chunks are laid out before its own: "document" (their order in the text, as in the paper)
-    # or "score" (the first chunks, then the selected ones from worst to best score, then the recent ones),
-    # which puts the best match closest to the query: the model reads a fact less well from far away.
+    # How the question's tokens lay out a head's chunks before their own: "document" (their order in the
+    # text, as in the paper) or "score" (the first chunks, then the selected ones from worst to best score,
+    # then the recent ones: the best match closest to the query). The document's own blocks always use
+    # document order.
     chunk_order: str = "document"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
