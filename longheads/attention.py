@@ -104,8 +104,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         row = scores[:, r, :current]
         if r >= rows.n_blocks and cfg.vote != "none":
             row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope, state)
-        by_score = cfg.chunk_order == "score" and r >= rows.n_blocks
-        chunks = choose_chunks(row, current, cfg, groups, by_score).to(device)
+        chunks = choose_chunks(row, current, cfg, groups).to(device)
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
                                                          scaling)
     layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)

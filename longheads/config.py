@@ -9,7 +9,6 @@ from .errors import ConfigError
 SELECTION_METHODS = ("maxlogit", "paper")
 VOTES = ("none", "max", "mass", "rank")
 VOTE_SCOPES = ("head", "layer", "model")
-CHUNK_ORDERS = ("document", "score")
 GRANULARITIES = ("head", "kv_group")
 BACKENDS = ("auto", "triton", "reference")
 
@@ -47,11 +46,6 @@ class LongHeadsConfig:
     # its layer, its own scores breaking ties, so that a layer's heads read the same chunks) or "model" (the
     # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer").
     vote_scope: str = "layer"
-    # How the question's tokens lay out a head's chunks before their own: "document" (their order in the
-    # text, as in the paper) or "score" (the first chunks, then the selected ones from worst to best score,
-    # then the recent ones: the best match closest to the query). The document's own blocks always use
-    # document order.
-    chunk_order: str = "document"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
@@ -68,7 +62,7 @@ class LongHeadsConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
-                          "backend", "votes_per_token", "vote_scope", "chunk_order"):
+                          "backend", "votes_per_token", "vote_scope"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -79,7 +73,6 @@ class LongHeadsConfig:
         need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
         need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
         need(self.vote_scope in VOTE_SCOPES, "vote_scope", f"choose one of {VOTE_SCOPES}")
-        need(self.chunk_order in CHUNK_ORDERS, "chunk_order", f"choose one of {CHUNK_ORDERS}")
         need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
         need(self.score_distance is None or (isinstance(self.score_distance, int) and self.score_distance >= 0),
              "score_distance", "it must be None or an integer >= 0")

@@ -91,9 +91,8 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     return out
 
 
-def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int, n_blocks: int) -> torch.Tensor:
-    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1]; rows
-    from n_blocks on are the question's tokens (laid out by score with chunk_order="score")."""
+def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int) -> torch.Tensor:
+    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1]."""
     heads, n_rows, n_chunks = scores.shape
     sink, recent, k = cfg.sink_chunks, cfg.recent_chunks, cfg.selected_chunks
     col = torch.arange(n_chunks, device=scores.device)
@@ -102,13 +101,9 @@ def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int, n_blo
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
     top = cand.topk(k, dim=-1).indices
-    first = torch.arange(sink, device=scores.device).expand(heads, n_rows, -1)
-    last = (hi + torch.arange(recent, device=scores.device)).expand(heads, -1, -1)
-    in_order = torch.cat([first, top, last], -1).sort(-1).values
-    if cfg.chunk_order != "score" or n_blocks == n_rows:
-        return in_order
-    question = (torch.arange(n_rows, device=scores.device) >= n_blocks)[:, None]
-    return torch.where(question, torch.cat([first, top.flip(-1), last], -1), in_order)
+    fixed = torch.cat([torch.arange(sink, device=scores.device).expand(n_rows, -1),
+                       hi + torch.arange(recent, device=scores.device)], 1)
+    return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
 
 
 def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, start: int, w: int,
@@ -143,7 +138,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     if cfg.vote != "none":
         scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks, cfg.vote_scope,
                        state)
-    sel = _choose(scores, current, cfg, groups, n_blocks).to(torch.int32).contiguous()
+    sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 
     keys = layer.keys[0]

@@ -118,10 +118,8 @@ def score_maxlogit(query: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk
     return scores[:, 0] if single else scores
 
 
-def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int,
-                  by_score: bool = False) -> torch.Tensor:
-    """Chunk ids [heads, slots-1] for queries whose current chunk is `current`, in the order they are laid
-    out: ascending, or with `by_score` the selected ones from worst to best (`LongHeadsConfig.chunk_order`).
+def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int) -> torch.Tensor:
+    """Chunk ids [heads, slots-1] in ascending order for queries whose current chunk is `current`.
 
     scores: [heads, current] for complete chunks 0..current-1. The first `sink_chunks` and the last
     `recent_chunks` complete chunks are always kept; the best of the rest fill the remaining slots.
@@ -136,7 +134,5 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
         cand = cand.view(heads // groups, groups, -1).sum(dim=1).repeat_interleave(groups, dim=0)
     k = min(k, hi - lo)
     top = cand.topk(k, dim=-1).indices + lo
-    if by_score:
-        return torch.cat([fixed[:sink].expand(heads, -1), top.flip(-1), fixed[sink:].expand(heads, -1)], dim=-1)
     chosen = torch.cat([fixed.expand(heads, -1), top], dim=-1)
     return chosen.sort(dim=-1).values

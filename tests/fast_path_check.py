@@ -1,6 +1,6 @@
 """Run a tiny model through the reference path and the Triton fast path and report how far apart they are.
 
-    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload|VOTE[:SCOPE]|FIELD=VALUE]
+    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload|VOTE[:SCOPE]]
 
 Used by tests/test_fast_path.py in a subprocess, because Triton's CPU interpreter (TRITON_INTERPRET=1)
 must be switched on before triton is imported. Prints one JSON line.
@@ -46,13 +46,9 @@ def main() -> None:
     model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
     cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
                cpu_offload=sys.argv[6:] == ["offload"])
-    for arg in sys.argv[6:]:
-        if "=" in arg:  # FIELD=VALUE
-            name, value = arg.split("=", 1)
-            cfg[name] = value
-        elif arg != "offload":  # VOTE or VOTE:SCOPE
-            cfg["vote"], _, scope = arg.partition(":")
-            cfg["vote_scope"] = scope or "layer"
+    if sys.argv[6:] and sys.argv[6] != "offload":  # VOTE or VOTE:SCOPE
+        cfg["vote"], _, scope = sys.argv[6].partition(":")
+        cfg["vote_scope"] = scope or "layer"
     # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
     # chunks exactly equal scores, a tie each path may break its own way.
     ids = torch.randperm(32000, generator=torch.Generator().manual_seed(1))[: length + 8][None].to(device)

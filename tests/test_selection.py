@@ -47,20 +47,6 @@ def test_choose_picks_the_best_scoring_chunks():
     assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
 
 
-def test_score_order_lays_the_best_chunk_next_to_the_recent_one():
-    """chunk_order="score" (the question's tokens): first chunks, then the selected ones from worst to best,
-    then the recent ones, so the best match sits closest to the query."""
-    config = cfg(chunk_order="score", recent_chunks=2)
-    scores = torch.zeros(1, 30)
-    scores[0, [4, 11, 17, 22, 25]] = torch.tensor([5.0, 9.0, 6.0, 8.0, 7.0])
-    chosen = choose_chunks(scores, 30, config, groups=1, by_score=True)[0].tolist()
-    assert config.selected_chunks == 4
-    assert chosen == [0, 17, 25, 22, 11, 28, 29]  # sink, the 4 best by ascending score, recent
-    assert sorted(chosen) == sorted(choose_chunks(scores, 30, cfg(recent_chunks=2), groups=1)[0].tolist())
-    with pytest.raises(ConfigError, match="chunk_order"):
-        cfg(chunk_order="random")
-
-
 def test_maxlogit_finds_the_chunk_holding_the_matching_key():
     torch.manual_seed(0)
     w, d = 16, 32
