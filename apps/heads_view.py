@@ -58,6 +58,12 @@ def distinct_heads(selections: torch.Tensor, n_chunks: int) -> np.ndarray:
     return seen[:, 1:].sum(0).numpy()
 
 
+def per_step(trace, n: int) -> np.ndarray:
+    """(layer, head) pairs that read each of the first `n` chunks, per answer token."""
+    reads = trace.reads_per_step().numpy()[:n]
+    return np.pad(reads, (0, n - len(reads)))
+
+
 def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int, baseline=None) -> ChunkView:
     """`baseline`: the trace of a neutral question about the same document (or None); passages are then
     ranked by how much more this answer read them."""
@@ -69,17 +75,13 @@ def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int, baseline=None) 
     kept = set(range(sink_chunks)) | set(range(max(0, last - recent_chunks), last + 1))
     steps = int(trace.selections.shape[0])
     n_heads = trace.num_layers * trace.num_heads
-    counts = trace.chunk_counts().to(torch.float64).numpy()[:n]
-    counts = np.pad(counts, (0, n - len(counts)))
     distinct = distinct_heads(trace.selections, n)
-    if baseline is not None and locate(baseline.prompt_text, doc) != locate(trace.prompt_text, doc):
-        baseline = None  # a different layout: its chunks are not these
-    base = np.zeros(n)
-    if baseline is not None:
-        b = baseline.chunk_counts().to(torch.float64).numpy()[:n] / max(len(baseline.selections), 1)
-        base[: len(b)] = b
-
     offset = locate(trace.prompt_text, doc)
+    if baseline is not None and locate(baseline.prompt_text, doc) != offset:
+        baseline = None  # a different layout: its chunks are not these
+    reads = per_step(trace, n)
+    base = per_step(baseline, n) if baseline is not None else np.zeros(n)
+
     doc_end = offset + len(doc.text)
     rows = []
     for i, ((t0, t1), (c0, c1)) in enumerate(zip(token_spans, char_spans, strict=True)):
@@ -94,9 +96,9 @@ def build(trace, doc: Doc, sink_chunks: int, recent_chunks: int, baseline=None) 
                 "chunk": i,
                 "start": t0,
                 "end": t1,
-                "per_token": counts[i] / max(steps, 1),
+                "per_token": reads[i],
                 "neutral_per_token": base[i],
-                "share": counts[i] / max(steps * n_heads, 1),
+                "share": reads[i] / max(n_heads, 1),
                 "distinct": int(distinct[i]),
                 "kind": kind,
                 "pages": page_range(pages) if pages else "outside the document",

@@ -49,6 +49,7 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     previous = getattr(layer, "votes", None)
     done = 0 if previous is None else layer.vote_tokens
     layer.vote_tokens = done + m
+    valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
     base = torch.zeros(heads, n_chunks, device=raw.device, dtype=raw.dtype)
     if previous is not None:
         base[:, : previous.shape[1]] = previous[:, :n_chunks]
@@ -82,10 +83,8 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
             pooled_scores = per_token.cumsum(1) + base[:, None]
         last = pooled_scores[:, -1]
         if scope != "head":
-            valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
             pooled_scores = torch.where(valid, pooled_scores, 0.0).mean(0, keepdim=True).expand_as(pooled_scores)
     layer.votes = last[:, :last_current]
-    valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
     out = scores.clone()
     out[:, idx] = torch.where(valid, pooled_scores, float("-inf"))
     return out

@@ -42,6 +42,10 @@ class SelectionTrace:
         """[layers, heads]: at how many steps each head read `chunk`."""
         return (self.selections == chunk).any(dim=-1).sum(dim=0)
 
+    def reads_per_step(self) -> torch.Tensor:
+        """[num_chunks] float64: how many (layer, head) pairs read each chunk, per step on average."""
+        return self.chunk_counts().double() / max(len(self.selections), 1)
+
     def top_chunks(self, k: int = 5, baseline: SelectionTrace | None = None) -> list[int]:
         """The `k` most read chunks among those chosen by score (sink and local chunks excluded).
 
@@ -49,19 +53,16 @@ class SelectionTrace:
         `baseline`, the trace of another question about the same prompt prefix (a neutral one such as "What
         is this document about?"), takes them out: chunks are then ranked by how much more often per step
         this answer's heads read them than the baseline's did, and only chunks read more often count."""
-        counts = self.chunk_counts().double()
+        reads = self.reads_per_step()
+        if baseline is not None:
+            base = baseline.reads_per_step()[: len(reads)]
+            reads[: len(base)] -= base
         for kept in self.always_kept:
             for c in kept:
-                if c < len(counts):
-                    counts[c] = -1
-        if baseline is not None:
-            base = baseline.chunk_counts().double()[: len(counts)] / max(len(baseline.selections), 1)
-            read = counts >= 0
-            counts = counts / max(len(self.selections), 1)
-            counts[: len(base)] -= base
-            counts[~read] = -1
-        order = torch.argsort(counts, descending=True, stable=True)
-        return [int(c) for c in order[:k] if counts[c] > 0]
+                if c < len(reads):
+                    reads[c] = -1
+        order = torch.argsort(reads, descending=True, stable=True)
+        return [int(c) for c in order[:k] if reads[c] > 0]
 
     def chunk_text(self, chunk: int) -> str:
         start, end = self.chunk_char_spans[chunk]
