@@ -18,9 +18,11 @@ import time
 import torch
 import triton
 import triton.language as tl
+from kernel_sweep import piece, tiles_for, timeit  # a sibling script: the same piece, seeded alike
 
 sys.path.insert(0, ".")
-from longheads import fast, kernels
+from longheads import kernels
+from longheads.rope import apply_rope
 
 
 @triton.jit
@@ -250,66 +252,31 @@ def local_attention(
     )
 
 
-def timeit(fn, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0.record()
-    for _ in range(reps):
-        fn()
-    t1.record()
-    torch.cuda.synchronize()
-    return t0.elapsed_time(t1) / reps
-
-
 def kernels_bench():
-    torch.manual_seed(0)
-    heads, kv_heads, d, w, n, total = 32, 8, 128, 256, 4096, 102400
-    dev = "cuda"
-    keys = torch.randn(kv_heads, total, d, device=dev, dtype=torch.bfloat16)
-    values = torch.randn_like(keys)
-    qf = torch.randn(heads, n, d, device=dev)
-    qb = qf.to(torch.bfloat16)
-    out = torch.empty(heads, n, d, device=dev, dtype=torch.bfloat16)
-    start = total - n
-    rows = n // w
-    current = torch.arange(start // w, total // w, device=dev)
-    sel = torch.stack([torch.randperm(int(c) - 1, device=dev)[:14].sort().values for c in current])
-    sel = torch.cat([sel, (current - 1)[:, None]], 1)
-    sel = sel[None].expand(heads, -1, -1).to(torch.int32).contiguous()
-    vown = (current * w).to(torch.int32)[None].expand(heads, -1).contiguous()
-    pos = torch.arange(8192, device=dev)[:, None] * torch.rand(d // 2, device=dev)[None]
-    cos, sin = pos.cos(), pos.sin()
-    row_start = torch.arange(start, total, w)
-    flops = 4 * heads * n * (15 * w + w / 2) * d
-
-    def tiles_for(per_tile):
-        return fast._tiles(row_start, row_start + w, torch.arange(rows), start, w, per_tile).to(dev)
-
-    def rot(x, p):
-        c, s_ = cos[p], sin[p]
-        x1, x2 = x[..., : d // 2].float(), x[..., d // 2 :].float()
-        return torch.cat([x1 * c - x2 * s_, x2 * c + x1 * s_], -1)
-
-    keys_loc = rot(keys, torch.arange(total, device=dev) % w).to(torch.bfloat16)
-    q_loc = rot(qf, torch.arange(start, total, device=dev) % w).to(torch.bfloat16)
-    out2 = torch.empty_like(out)
-    kernels.chunk_attention(qf, keys, values, cos, sin, sel, sel, vown, tiles_for(32), w, 0.088, out, 128, True)
-    local_attention(
-        q_loc, keys_loc, values, cos, sin, sel, sel, vown, tiles_for(32), w, 0.088, out2, 128, True, 4, 2, 32
-    )
-    print("local vs current max diff", (out.float() - out2.float()).abs().max().item(), flush=True)
-    t32 = tiles_for(32)  # built once: the logged run rebuilt them inside the timed loop
-    args = (qf, keys, values, cos, sin, sel, sel, vown, t32, w, 0.088, out, 128, True)
+    p = piece()
+    w, start, total = p.w, p.start, p.total
+    qb = p.q.to(torch.bfloat16)
+    # The layout under test: keys and queries rotated at their place inside their chunk.
+    cos, sin = torch.cat([p.cos, p.cos], -1), torch.cat([p.sin, p.sin], -1)
+    at = torch.arange(total, device=p.q.device) % w
+    keys_loc = apply_rope(p.keys.float(), cos[at], sin[at]).to(torch.bfloat16)
+    q_loc = apply_rope(p.q, cos[at[start:]], sin[at[start:]]).to(torch.bfloat16)
+    out2 = torch.empty_like(p.out)
+    t32 = tiles_for(p, 32)
+    args = (p.q, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, t32, w, 0.088, p.out, 128, True)
+    kernels.chunk_attention(*args)
+    local_attention(q_loc, keys_loc, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, t32, w, 0.088, out2, 128, True,
+                    4, 2, 32)
+    print("local vs current max diff", (p.out.float() - out2.float()).abs().max().item(), flush=True)
     base = timeit(lambda: kernels.chunk_attention(*args))
-    print(f"current default: {base:.3f} ms {flops / base / 1e9:.0f} TFLOP/s", flush=True)
+    print(f"current default: {base:.3f} ms {p.flops / base / 1e9:.0f} TFLOP/s", flush=True)
     res = []
     for block_m, block_n, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
-        t = tiles_for(block_m // 4)
+        t = tiles_for(p, block_m // 4)
         try:
             ms = timeit(
                 lambda t=t, bm=block_m, wp=warps, st=stages, bn=block_n: local_attention(
-                    qb, keys, values, cos, sin, sel, sel, vown, t, w, 0.088, out, bm, True, wp, st, bn
+                    qb, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, t, w, 0.088, p.out, bm, True, wp, st, bn
                 )
             )
         except Exception as exc:
@@ -318,7 +285,7 @@ def kernels_bench():
         res.append((ms, block_m, block_n, warps, stages))
         print(
             f"local bm={block_m} bn={block_n} warps={warps} stages={stages}: {ms:.3f} ms "
-            f"{flops / ms / 1e9:.0f} TFLOP/s",
+            f"{p.flops / ms / 1e9:.0f} TFLOP/s",
             flush=True,
         )
     print("best local:", min(res), "vs current", base, flush=True)

@@ -7,16 +7,18 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import torch
 
 from longheads import fast, kernels
 
 
-def main() -> None:
+def piece(dev: str = "cuda") -> SimpleNamespace:
+    """One prefill piece's data, seeded: the last 4096 queries of a 102400-token context, each row of 256
+    queries with 14 random earlier chunks plus the one before its own."""
     torch.manual_seed(0)
     heads, kv_heads, d, w, n, total = 32, 8, 128, 256, 4096, 102400
-    dev = "cuda"
     keys = torch.randn(kv_heads, total, d, device=dev, dtype=torch.bfloat16)
     values = torch.randn_like(keys)
     q = torch.randn(heads, n, d, device=dev)
@@ -29,36 +31,45 @@ def main() -> None:
     sel = sel[None].expand(heads, -1, -1).to(torch.int32).contiguous()
     vown = (current * w).to(torch.int32)[None].expand(heads, -1).contiguous()
     pos = torch.arange(8192, device=dev)[:, None] * torch.rand(d // 2, device=dev)[None]
-    cos, sin = pos.cos(), pos.sin()
-    row_start = torch.arange(start, total, w)
-    flops = 4 * heads * n * (15 * w + w / 2) * d
+    return SimpleNamespace(heads=heads, d=d, w=w, n=n, total=total, start=start, rows=rows, keys=keys,
+                           values=values, q=q, out=out, sel=sel, vown=vown, cos=pos.cos(), sin=pos.sin(),
+                           row_start=torch.arange(start, total, w), flops=4 * heads * n * (15 * w + w / 2) * d)
+
+
+def tiles_for(p: SimpleNamespace, per_tile: int) -> torch.Tensor:
+    return fast._tiles(p.row_start, p.row_start + p.w, torch.arange(p.rows), p.start, p.w, per_tile).to(p.q.device)
+
+
+def timeit(fn, reps: int = 10) -> float:
+    """Milliseconds per call of `fn`, after one untimed call (Triton compiles on the first)."""
+    fn()
+    torch.cuda.synchronize()
+    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0.record()
+    for _ in range(reps):
+        fn()
+    t1.record()
+    torch.cuda.synchronize()
+    return t0.elapsed_time(t1) / reps
+
+
+def main() -> None:
+    p = piece()
     results = []
     for pack, block_m, block_n, warps, stages in itertools.product(
             (True, False), (64, 128), (32, 64, 128), (4, 8), (2, 3)):
         per_tile = block_m // 4 if pack else block_m
-        tiles = fast._tiles(row_start, row_start + w, torch.arange(rows), start, w, per_tile).to(dev)
+        tiles = tiles_for(p, per_tile)
         try:
-            args = (q, keys, values, cos, sin, sel, sel, vown, tiles, w, 0.088, out, block_m, pack, warps, stages,
-                    block_n)
-
-            def run(args=args):
-                kernels.chunk_attention(*args)
-
-            run()
-            torch.cuda.synchronize()
-            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0.record()
-            for _ in range(10):
-                run()
-            t1.record()
-            torch.cuda.synchronize()
-            ms = t0.elapsed_time(t1) / 10
+            args = (p.q, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, tiles, p.w, 0.088, p.out, block_m,
+                    pack, warps, stages, block_n)
+            ms = timeit(lambda args=args: kernels.chunk_attention(*args))
         except Exception as exc:  # a shape Triton cannot fit (shared memory) is simply skipped
             print(pack, block_m, block_n, warps, stages, "failed:", type(exc).__name__)
             continue
         results.append((ms, pack, block_m, block_n, warps, stages))
         print(f"pack={pack} block_m={block_m} block_n={block_n} warps={warps} stages={stages}: {ms:.3f} ms, "
-              f"{flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+              f"{p.flops / ms / 1e9:.0f} TFLOP/s", flush=True)
     print("best:", min(results))
 
 
