@@ -1,6 +1,6 @@
 """LongHeads against transformers' SDPA full attention on one GPU: prefill time, peak memory, decode speed.
 
-    python benchmarks/gpu_vs_sdpa.py --lengths 4k,16k,32k,64k,100k,128k --json out.json
+    python benchmarks/gpu_vs_sdpa.py --lengths 4k,16k,32k,64k,100k,128k [--compile] --json out.json
 
 Random weights of the Llama-3-8B shape (32 layers, 32 query / 8 KV heads, head_dim 128, bf16): speed and
 memory do not depend on the weights. For every length, one process measures, each from a clean cache:
@@ -66,10 +66,12 @@ def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
     _clean()
     cache = DynamicCache(config=model.config)
     try:
-        with torch.inference_mode():
+        # transformers' default, eager, even where --compile left the layers compiled
+        with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
             _, seconds = _timed(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1))
         peak = torch.cuda.max_memory_allocated()
-        decode = _decode_ms(model, cache, steps)
+        with torch.compiler.set_stance("force_eager"):
+            decode = _decode_ms(model, cache, steps)
     except torch.OutOfMemoryError:
         return {"prefill_s": None, "peak_gib": None, "decode_ms": None, "error": "out of memory"}
     finally:
@@ -77,13 +79,14 @@ def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
     return {"prefill_s": round(seconds, 3), "peak_gib": round(peak / 2**30, 2), "decode_ms": round(decode, 2)}
 
 
-def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str) -> dict:
+def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str, compile_layers: bool) -> dict:
     import longheads
     from longheads.cache import LongHeadsCache
     from longheads.engine import encode_pieces
 
     longheads.disable(model)
-    cfg = longheads.LongHeadsConfig(max_context=ids.shape[1] + steps + 8, cpu_offload=offload, backend=backend)
+    cfg = longheads.LongHeadsConfig(max_context=ids.shape[1] + steps + 8, cpu_offload=offload, backend=backend,
+                                    compile_layers=compile_layers)
     longheads.enable(model, cfg)
     _clean()
     cache = LongHeadsCache(model)
@@ -106,13 +109,14 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of: sdpa, longheads, offload")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compile", action="store_true", help="LongHeadsConfig(compile_layers=True) for LongHeads")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     model = llama3_8b(args.layers)
     # Compile the kernels outside the timings: 12k tokens give a middle piece and a final piece (with the
     # question's single-token rows) beyond the attention length, each a kernel specialization of its own.
     warm = torch.randint(0, 128000, (1, 12288), device="cuda")
-    run_longheads(model, warm, 2, False, args.backend)
+    run_longheads(model, warm, 2, False, args.backend, args.compile)
     rows = []
     for length in [parse_length(x) for x in args.lengths.split(",")]:
         ids = torch.randint(0, 128000, (1, length), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
@@ -120,9 +124,9 @@ def main() -> None:
         if "sdpa" not in skip:
             row["sdpa"] = run_sdpa(model, ids, args.decode_steps)
         if "longheads" not in skip:
-            row["longheads"] = run_longheads(model, ids, args.decode_steps, False, args.backend)
+            row["longheads"] = run_longheads(model, ids, args.decode_steps, False, args.backend, args.compile)
         if "offload" not in skip:
-            row["offload"] = run_longheads(model, ids, args.decode_steps, True, args.backend)
+            row["offload"] = run_longheads(model, ids, args.decode_steps, True, args.backend, args.compile)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:

@@ -1,11 +1,14 @@
-"""Block shapes of the chunk-attention kernel: time of one prefill piece (4096 queries, 15 selected chunks of
-256 tokens + the own chunk, Llama-3-8B heads: 32 query / 8 KV heads of 128, bf16) for each setting.
+"""Block shapes of the fast path's kernels on one prefill piece of a 102400-token context (Llama-3-8B heads:
+32 query / 8 KV heads of 128, bf16): the chunk-attention kernel (4096 queries, 15 selected chunks of 256
+tokens + the own chunk) and the chunk-scoring kernel (the piece's 16 block rows x 4 heads of a KV group
+against every earlier chunk).
 
-    python benchmarks/kernel_sweep.py
+    python benchmarks/kernel_sweep.py [--what attention,maxlogit]
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from types import SimpleNamespace
 
@@ -53,11 +56,38 @@ def timeit(fn, reps: int = 10) -> float:
     return t0.elapsed_time(t1) / reps
 
 
+def sweep_maxlogit(p: SimpleNamespace) -> None:
+    kv_heads, n_chunks = p.keys.shape[0], p.start // p.w
+    queries = torch.randn(kv_heads, 4 * p.rows, p.d, device=p.keys.device, dtype=p.keys.dtype)
+    half = p.d // 2
+    cos, sin = p.cos[: p.w, :half].contiguous(), p.sin[: p.w, :half].contiguous()
+    results = []
+    for block_n, warps, stages in itertools.product((32, 64, 128), (4, 8), (1, 2, 3, 4)):
+        try:
+            ms = timeit(lambda b=block_n, wp=warps, st=stages: kernels.chunk_maxlogit(
+                queries, p.keys, n_chunks, p.w, cos, sin, block_n=b, num_warps=wp, num_stages=st))
+        except Exception as exc:
+            print("maxlogit", block_n, warps, stages, "failed:", type(exc).__name__)
+            continue
+        results.append((ms, block_n, warps, stages))
+        gbs = n_chunks * p.w * kv_heads * p.d * p.keys.element_size() / ms / 1e6
+        print(f"maxlogit block_n={block_n} warps={warps} stages={stages}: {ms:.3f} ms, keys read at {gbs:.0f} GB/s",
+              flush=True)
+    print("best maxlogit:", min(results), flush=True)
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--what", default="attention,maxlogit")
+    what = ap.parse_args().what.split(",")
     p = piece()
+    if "maxlogit" in what:
+        sweep_maxlogit(p)
+    if "attention" not in what:
+        return
     results = []
     for pack, block_m, block_n, warps, stages in itertools.product(
-            (True, False), (64, 128), (32, 64, 128), (4, 8), (2, 3)):
+            (True,), (64, 128), (32, 64, 128), (4, 8), (2, 3)):
         per_tile = block_m // 4 if pack else block_m
         tiles = tiles_for(p, per_tile)
         try:

@@ -1,6 +1,6 @@
 """Where a LongHeads prefill spends its GPU time: torch.profiler's kernel table for one prefill.
 
-    python benchmarks/profile_prefill.py --tokens 100k [--layers 32]
+    python benchmarks/profile_prefill.py --tokens 100k [--layers 32] [--compile]
 
 Random weights of the Llama-3-8B shape, bf16, after one warm-up prefill (Triton compiles its kernels).
 """
@@ -24,10 +24,11 @@ def main() -> None:
     ap.add_argument("--tokens", default="100k")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--compile", action="store_true", help="LongHeadsConfig(compile_layers=True)")
     args = ap.parse_args()
     n = parse_length(args.tokens)
     model = llama3_8b(args.layers)
-    longheads.enable(model, longheads.LongHeadsConfig(max_context=n + 64))
+    longheads.enable(model, longheads.LongHeadsConfig(max_context=n + 64, compile_layers=args.compile))
     ids = torch.randint(0, 128000, (1, n), device="cuda")
 
     def prefill() -> float:
@@ -44,7 +45,7 @@ def main() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         prefill()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":

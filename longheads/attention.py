@@ -44,6 +44,7 @@ class ModelState:
     voters: int = 0
 
 
+@torch.compiler.disable  # selection branches on lengths and launches its own kernels: never inside a graph
 def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                         **kwargs) -> tuple[torch.Tensor, None]:
@@ -53,7 +54,8 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     layer = current_layer(key)
     if layer is None:
         # A cache other than LongHeadsCache (or none): rebuild the layer state from the full key/value.
-        layer = LongHeadsLayer(state.config.chunk_size)
+        layer = LongHeadsLayer(state.config.chunk_size, table=state.table,
+                               kernels=state.config.backend != "reference")
         layer.update(key, value)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
@@ -72,16 +74,15 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
     total = layer.length
     start = total - n
     device = query.device
-    q_pre = query.float()
     if cfg.selection == "paper":
-        _update_representations(layer, state, q_pre, scaling)
+        _update_representations(layer, state, query.float(), scaling)
 
     # Token-major storage, so that the [1, n, heads, d] the attention module wants is a free transpose.
     out = torch.empty(n, heads, d, dtype=query.dtype, device=device).transpose(0, 1)
     plain_end = min(total, budget)
     if start < plain_end:
         cos, sin = state.table.get(device)
-        q_rot = apply_rope(q_pre[:, : plain_end - start], cos[start:plain_end], sin[start:plain_end])
+        q_rot = apply_rope(query[:, : plain_end - start].float(), cos[start:plain_end], sin[start:plain_end])
         out[:, : plain_end - start] = _full_attention(layer, state, q_rot.to(query.dtype), start, scaling)
         if plain_end == total:
             layer.last_selection = _all_chunks(total - 1, cfg, heads, device)
@@ -94,9 +95,9 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         return out
     kernels = use_fast_path(cfg, device, d) and state.table.halves(device) is not None
     rows = _call_rows(state, start, first, per_token_from, total)
-    scores = row_scores(layer, state, q_pre, start, rows, fast.chunk_maxlogit if kernels else score_rows)
+    scores = row_scores(layer, state, query, start, rows, fast.chunk_maxlogit if kernels else score_rows)
     if kernels:
-        fast.attend_rows(layer, state, q_pre, start, rows, scores, scaling, out)
+        fast.attend_rows(layer, state, query, start, rows, scores, scaling, out)
         return out
     groups = state.num_heads // state.num_kv_heads
     for r, (a, b) in enumerate(zip(rows.starts.tolist(), rows.ends.tolist(), strict=True)):
@@ -105,8 +106,8 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         if r >= rows.n_blocks and cfg.vote != "none":
             row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope, state)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
-        out[:, a - start : b - start] = _chunk_attention(layer, state, q_pre[:, a - start : b - start], a, chunks,
-                                                         scaling)
+        q_row = query[:, a - start : b - start].float()
+        out[:, a - start : b - start] = _chunk_attention(layer, state, q_row, a, chunks, scaling)
     layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
     return out
 
@@ -132,7 +133,9 @@ def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, st
     keys = layer.keys[0]
     cos, sin = state.table.get(keys.device)
     dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
-    return score_maxlogit(queries.to(keys.device), keys, n_chunks, cfg.chunk_size, cos[dist], sin[dist], scorer)
+    w = cfg.chunk_size
+    rotation = state.table.rotation(dist, keys.device)
+    return score_maxlogit(queries.to(keys.device), keys, n_chunks, w, rotation, cos[:w], sin[:w], scorer)
 
 
 def use_fast_path(cfg: LongHeadsConfig, device: torch.device, head_dim: int) -> bool:
@@ -158,7 +161,9 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     cos, sin = state.table.get(q_rot.device)
     k = layer.keys[0, :, :end].to(q_rot.device, non_blocking=True)
     v = layer.values[0, :, :end].to(q_rot.device, non_blocking=True)
-    k = apply_rope(k.float(), cos[:end], sin[:end]).to(q_rot.dtype)
+    # Cached keys carry their offset inside their chunk; the chunk's own start completes their position.
+    starts = chunk_starts(end, state.config.chunk_size, q_rot.device)
+    k = apply_rope(k.float(), cos[starts], sin[starts]).to(q_rot.dtype)
     groups = heads // k.shape[0]
     if start == 0:
         # No explicit mask, so SDPA can take its fused causal kernels (the math path would materialise
@@ -235,13 +240,19 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     v = values[kv[:, None].to(values.device), tokens.to(values.device)].to(device)
     cos, sin = state.table.get(device)
     span = n_sel * w + own
-    k = apply_rope(k.float(), cos[:span], sin[:span]).to(dtype)
+    slot_starts = chunk_starts(span, w, device)  # keys already carry their offset inside the chunk
+    k = apply_rope(k.float(), cos[slot_starts], sin[slot_starts]).to(dtype)
     q_at = n_sel * w + (pos - chunk_start)
     q = apply_rope(q_pre, cos[q_at : q_at + m], sin[q_at : q_at + m]).to(dtype)
     key_pos = torch.arange(span, device=device)
     mask = key_pos[None] <= torch.arange(q_at, q_at + m, device=device)[:, None]
     return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling,
                                           enable_gqa=len(kv) != heads)[0]
+
+
+def chunk_starts(n: int, w: int, device: torch.device) -> torch.Tensor:
+    """For positions 0..n-1, the first position of their chunk."""
+    return torch.arange(n, device=device) // w * w
 
 
 def _all_chunks(last_pos: int, cfg: LongHeadsConfig, heads: int, device: torch.device) -> torch.Tensor:
@@ -269,7 +280,7 @@ def _update_representations(layer: LongHeadsLayer, state: ModelState, q_pre: tor
         k = layer.keys[0][kv, span].to(q_pre.device).float().view(heads, done, w, d)
         v = layer.values[0][kv.to(layer.values.device), span].to(q_pre.device).float().view(heads, done, w, d)
         q = pending[:, : done * w].view(heads, done, w, d)
-        reps = paper_representation(q, k, v, cos[:w], sin[:w], scaling).to(layer.keys.dtype)
+        reps = paper_representation(q, k, v, cos[:w], sin[:w], scaling).to(layer.keys.dtype)  # k: rotated in-chunk
         layer.reps = reps if layer.reps is None else torch.cat([layer.reps, reps], 1)
         pending = pending[:, done * w :]
     layer.pending_queries = pending

@@ -1,10 +1,13 @@
-"""The LongHeads KV cache: a transformers `Cache` whose layers keep keys *without* rotary positions.
+"""The LongHeads KV cache: a transformers `Cache` whose layers keep keys rotated at their place *inside their
+chunk* (position % chunk_size), not at their place in the text.
 
 While LongHeads is enabled the model's rotary embedding is the identity (patch.Unrotated), so `update`
-receives and stores keys without positions, and the attention function can lay chunks out at any positions
-it likes. With ``cpu_offload`` the values live in pinned CPU memory and only the chunks a head selects
-travel to the GPU; the keys stay on the GPU, because every query scores every chunk by its keys (moving
-them for each step would cost more than it saves).
+receives keys without positions and gives each its offset inside its chunk. Wherever the attention function
+lays a chunk out, its keys then differ from their laid-out positions by one offset shared by the whole
+chunk, which goes on the query instead (one rotation per chunk, not one per key). With ``cpu_offload`` the
+values live in pinned CPU memory and only the chunks a head selects travel to the GPU; the keys stay on the
+GPU, because every query scores every chunk by its keys (moving them for each step would cost more than it
+saves).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import threading
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+from . import fast
+from .rope import PositionTable, apply_rope
 
 # The layer whose `update` ran last on this thread: the attention function of the same layer runs right
 # after it, and finds its state here (transformers passes the cache to the module, not to the function).
@@ -31,13 +37,16 @@ class LongHeadsLayer(CacheLayerMixin):
     is_croppable = True
     is_sliding = False
 
-    def __init__(self, chunk_size: int, offload: bool = False):
+    def __init__(self, chunk_size: int, offload: bool = False, table: PositionTable | None = None,
+                 kernels: bool = True):
         super().__init__()
         self.chunk_size = chunk_size
         self.offload_to_cpu = offload
+        self.table = table  # the model's rotary tables, for the keys' offsets inside their chunks
+        self.kernels = kernels  # store keys with the Triton kernel on a GPU (LongHeadsConfig.backend)
         self.length = 0
         self.reserved = 0  # capacity to allocate at once (LongHeadsCache.reserve), so growth never doubles
-        self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], no rotary positions
+        self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], rotated inside their chunk
         self._v: torch.Tensor | None = None
         # Per-chunk state for the "paper" selection: representations of complete chunks, and the
         # (unrotated) queries of the chunk being filled, which its representation needs.
@@ -99,13 +108,30 @@ class LongHeadsLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[2]
         self._grow(self.length + n)
-        self._k[:, :, self.length : self.length + n] = key_states
+        self._store_keys(key_states[0])
         # Blocking: offloaded values are read on the host (gathers) right after this.
         self._v[:, :, self.length : self.length + n] = value_states.to(self.value_device)
         self.length += n
         _current.layer = self
         self.returned_keys = self.keys
         return self.returned_keys, self.values
+
+    def _store_keys(self, keys: torch.Tensor) -> None:
+        if self.table is None:
+            raise ValueError("LongHeadsLayer needs the model's rotary tables to store keys: use LongHeadsCache(model)")
+        start, n, d = self.length, keys.shape[1], keys.shape[2]
+        dst = self._k[0, :, start : start + n]
+        use_kernel = self.kernels and fast.supports(self.chunk_size, d) and fast.available(dst.device)
+        halves = self.table.halves(dst.device) if use_kernel else None
+        if halves is not None:
+            from . import kernels
+
+            kernels.store_keys(keys, self._k[0], start, self.chunk_size, halves[0][: self.chunk_size],
+                               halves[1][: self.chunk_size])
+            return
+        cos, sin = self.table.get(dst.device)
+        local = torch.arange(start, start + n, device=dst.device) % self.chunk_size
+        dst.copy_(apply_rope(keys.float(), cos[local], sin[local]))
 
     def get_seq_length(self) -> int:
         return self.length
@@ -154,8 +180,10 @@ class LongHeadsCache(Cache):
         if state is None:
             raise ValueError("LongHeadsCache needs a model prepared with longheads.enable(model)")
         n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        cfg = state.config
         layers = [
-            LongHeadsLayer(state.config.chunk_size, state.config.cpu_offload) for _ in range(n_layers)
+            LongHeadsLayer(cfg.chunk_size, cfg.cpu_offload, state.table, kernels=cfg.backend != "reference")
+            for _ in range(n_layers)
         ]
         super().__init__(layers=layers)
 
@@ -169,6 +197,11 @@ class LongHeadsCache(Cache):
         # question) needs token-by-token selection, so a prompt encoded in pieces matches one pass.
         for layer in self.layers:
             layer.tail_enabled = value
+
+    @torch.compiler.disable
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        # Outside any compiled graph (LongHeadsConfig.compile_layers): the store branches on lengths.
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def crop(self, max_length: int) -> None:
         for layer in self.layers:

@@ -30,11 +30,14 @@ def available(device: torch.device) -> bool:
     return True
 
 
-def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int) -> torch.Tensor:
-    """`selection.score_rows` as one Triton kernel (keys read once per chunk)."""
+def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int, cos: torch.Tensor,
+                   sin: torch.Tensor) -> torch.Tensor:
+    """`selection.score_rows` as one Triton kernel (keys read once per chunk); cos/sin [w, d]."""
     from . import kernels
 
-    return kernels.chunk_maxlogit(queries, keys, n_chunks, chunk_size)
+    h = cos.shape[-1] // 2
+    return kernels.chunk_maxlogit(queries, keys, n_chunks, chunk_size, cos[:, :h].contiguous(),
+                                  sin[:, :h].contiguous())
 
 
 def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,
@@ -90,19 +93,29 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     return out
 
 
-def _choose(scores: torch.Tensor, current: torch.Tensor, cfg, groups: int) -> torch.Tensor:
+def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
     """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1]."""
     heads, n_rows, n_chunks = scores.shape
-    sink, recent, k = cfg.sink_chunks, cfg.recent_chunks, cfg.selected_chunks
-    col = torch.arange(n_chunks, device=scores.device)
-    hi = (current - recent)[:, None]
-    cand = torch.where((col >= sink) & (col < hi), scores, float("-inf"))
+    device = scores.device
+    # The masks and the always-kept chunks depend on the rows only: made once per call, for every layer.
+    candidate, fixed = (rows.on(device, f"{name} {n_chunks}", lambda name=name: _row_layout(rows, cfg, n_chunks)[name])
+                        for name in ("candidate", "fixed"))
+    cand = torch.where(candidate, scores, float("-inf"))
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
-    top = cand.topk(k, dim=-1).indices
-    fixed = torch.cat([torch.arange(sink, device=scores.device).expand(n_rows, -1),
-                       hi + torch.arange(recent, device=scores.device)], 1)
+    top = cand.topk(cfg.selected_chunks, dim=-1).indices
     return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
+
+
+def _row_layout(rows: Rows, cfg, n_chunks: int) -> dict[str, torch.Tensor]:
+    """On the CPU: which chunks each row may select (after the sink, before the recent ones) and the ids of
+    the chunks it always reads."""
+    current = rows.starts // cfg.chunk_size
+    hi = (current - cfg.recent_chunks)[:, None]
+    col = torch.arange(n_chunks)
+    fixed = torch.cat([torch.arange(cfg.sink_chunks).expand(len(current), -1), hi + torch.arange(cfg.recent_chunks)], 1)
+    return {"candidate": (col >= cfg.sink_chunks) & (col < hi), "fixed": fixed,
+            "valid": col < current[:, None]}
 
 
 def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, start: int, w: int,
@@ -123,7 +136,7 @@ def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, s
 def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, scores: torch.Tensor, scaling: float,
                 out: torch.Tensor) -> None:
     """Select chunks for every row at once and fill `out` for the rows' queries with one kernel launch per
-    kind of row (blocks, tail tokens). q_pre [heads, n, d] float32 without rotary positions, positions
+    kind of row (blocks, tail tokens). q_pre [heads, n, d] (any float dtype) without rotary positions, positions
     start..; scores [heads, rows, chunks] from `attention.row_scores`."""
     from . import kernels
 
@@ -133,15 +146,17 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     groups = state.num_heads // state.num_kv_heads
     n_rows, n_chunks, n_blocks = scores.shape[1], scores.shape[2], rows.n_blocks
     current = rows.on(device, "current", lambda: rows.starts // w)
-    scores = torch.where(torch.arange(n_chunks, device=device) < current[:, None], scores, float("-inf"))
-    if cfg.vote != "none":
-        scores = _pool(layer, scores, n_blocks, cfg.vote, cfg.ballot_size, current, n_chunks, cfg.vote_scope,
-                       state)
-    sel = _choose(scores, current, cfg, groups).to(torch.int32).contiguous()
+    if cfg.vote != "none" and n_blocks < n_rows:  # the question's tokens pool their votes
+        valid = rows.on(device, f"valid {n_chunks}", lambda: _row_layout(rows, cfg, n_chunks)["valid"])
+        scores = _pool(layer, torch.where(valid, scores, float("-inf")), n_blocks, cfg.vote, cfg.ballot_size, current,
+                       n_chunks, cfg.vote_scope, state)
+    sel = _choose(scores, rows, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 
     keys = layer.keys[0]
-    values, vsel, vown = layer.values[0], sel, (current * w).to(torch.int32).expand(heads, -1).contiguous()
+    vown = rows.on(device, f"vown {heads}",
+                   lambda: (rows.starts // w * w).to(torch.int32).expand(heads, -1).contiguous())
+    values, vsel = layer.values[0], sel
     if values.device != device:
         values, vsel, vown = _stage_values(values, sel, vown, current, w, groups, device)
     half_cos, half_sin = state.table.halves(device)

@@ -1,9 +1,10 @@
-"""Triton kernels of the GPU fast path: chunk scores and attention over selected chunks.
+"""Triton kernels of the GPU fast path: the cache's key store, chunk scores, attention over selected chunks.
 
-Both read the layer's cache in place (keys stored without rotary positions, [kv_heads, tokens, head_dim]
-with any strides) and index key/value heads as query_head // groups, so GQA never repeats the cache.
-The attention kernel applies the remapped rotary positions itself: a selected chunk in slot s sits at
-positions s*w.., the query's own chunk after the last slot.
+All read the layer's cache in place ([kv_heads, tokens, head_dim] with any strides; keys rotated at their
+place inside their chunk, see cache.LongHeadsLayer) and index key/value heads as query_head // groups, so
+GQA never repeats the cache. The attention kernel applies the remapped positions itself: a selected chunk
+in slot s sits at positions s*w.., the query's own chunk after the last slot, and since every key already
+carries its offset inside its chunk, the remaining offset of a slot is one rotation of the query tile.
 """
 
 from __future__ import annotations
@@ -14,13 +15,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _rope_halves(x1, x2, cos_ptr, sin_ptr, pos, HALF: tl.constexpr):
-    """Rotate rows given as two halves at positions `pos` [rows]; cos/sin tables are [P, HALF] (rotary
-    tables repeat their first half, see fast.half_tables)."""
+def _rope_halves(x1, x2, cos_ptr, sin_ptr, pos, HALF: tl.constexpr, direction: tl.constexpr):
+    """Rotate rows given as two halves at positions `pos` [rows] (direction -1: back by that much); cos/sin
+    tables are [P, HALF] (rotary tables repeat their first half, see rope.PositionTable.halves)."""
     cols = tl.arange(0, HALF)
     c = tl.load(cos_ptr + pos[:, None] * HALF + cols[None, :])
-    s = tl.load(sin_ptr + pos[:, None] * HALF + cols[None, :])
+    s = tl.load(sin_ptr + pos[:, None] * HALF + cols[None, :]) * direction
     return x1 * c - x2 * s, x2 * c + x1 * s
+
+
+@triton.jit
+def _attend_tile(q, m_i, l_i, acc, k_head, v_head, k_tok, v_tok, key_ok, stride_kn, stride_vn, scale_log2, j,
+                 q_local, D: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr):
+    """One key tile of the online softmax: the tile goes to the tensor cores as stored."""
+    dcols = tl.arange(0, D)
+    k = tl.load(k_head + k_tok[:, None] * stride_kn + dcols[None, :], mask=key_ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
+    if CAUSAL:
+        s = tl.where((j[None, :] <= q_local[:, None]) & key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_head + v_tok[:, None] * stride_vn + dcols[None, :], mask=key_ok[:, None], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -56,59 +75,48 @@ def _chunk_attention_kernel(
     own_v = tl.load(vown_ptr + first_head * stride_vo + sel_row).to(tl.int64)
 
     row_ok = (qi < n_rows) & (head < (tl.program_id(1) + 1) * groups)
-    cols = tl.arange(0, HALF)
+    # Whole rows of head_dim, so that each key tile is one tensor-core product; the rotations use the
+    # rows' halves swapped (rotate_half) alongside, and the half-width tables indexed twice.
+    dcols = tl.arange(0, D)
+    hcols = dcols % HALF
     q_base = q_ptr + head[:, None].to(tl.int64) * stride_qh + (row0 + qi)[:, None] * stride_qn
-    q1 = tl.load(q_base + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    q2 = tl.load(q_base + HALF + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    q = tl.load(q_base + dcols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qh = tl.load(q_base + ((dcols + HALF) % D)[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qh = qh * tl.where(dcols < HALF, -1.0, 1.0)[None, :]
+    # Queries at their place inside their chunk, like the cached keys: the own chunk needs nothing more.
     q_local = local0 + qi
-    q1, q2 = _rope_halves(q1, q2, cos_ptr, sin_ptr, tl.where(row_ok, n_slots * CHUNK + q_local, 0), HALF)
-    q1 = q1.to(k_ptr.dtype.element_ty)
-    q2 = q2.to(k_ptr.dtype.element_ty)
+    pos = tl.where(row_ok, q_local, 0)
+    c = tl.load(cos_ptr + pos[:, None] * HALF + hcols[None, :])
+    s = tl.load(sin_ptr + pos[:, None] * HALF + hcols[None, :])
+    q, qh = q * c + qh * s, qh * c - q * s
+    dt = k_ptr.dtype.element_ty
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
-    dcols = tl.arange(0, D)
     k_head = k_ptr + kv.to(tl.int64) * stride_kh
     v_head = v_ptr + kv.to(tl.int64) * stride_vh
     sel_base = sel_ptr + first_head * stride_sh + sel_row * stride_sr
     vsel_base = vsel_ptr + first_head * stride_sh + sel_row * stride_sr
-
-    # Selected chunks, then the own chunk; one loop so the online softmax exists once.
+    for slot in range(0, n_slots):
+        # A chunk in slot s sits (n_slots - s) chunks before the own chunk: one angle turns the whole
+        # query tile to it, and its key tiles need no rotation.
+        at = (n_slots - slot) * CHUNK
+        r = (q * tl.load(cos_ptr + at * HALF + hcols)[None, :] + qh * tl.load(sin_ptr + at * HALF + hcols)[None, :])
+        r = r.to(dt)
+        k0 = tl.load(sel_base + slot).to(tl.int64) * CHUNK
+        v0 = tl.load(vsel_base + slot).to(tl.int64) * CHUNK
+        for j0 in range(0, CHUNK, BLOCK_N):
+            j = j0 + offs_n
+            m_i, l_i, acc = _attend_tile(r, m_i, l_i, acc, k_head, v_head, k0 + j, v0 + j, j < CHUNK, stride_kn,
+                                         stride_vn, scale_log2, j, q_local, D, PREC, False)
     last_local = local0 + tl.minimum(n_rows, QM)  # own-chunk keys the tile's last query sees
-    per_chunk: tl.constexpr = CHUNK // BLOCK_N
-    for it in range(0, n_slots * per_chunk + tl.cdiv(last_local, BLOCK_N)):
-        slot = it // per_chunk
-        if slot < n_slots:
-            j = (it % per_chunk) * BLOCK_N + offs_n
-            k_tok = tl.load(sel_base + slot).to(tl.int64) * CHUNK + j
-            v_tok = tl.load(vsel_base + slot).to(tl.int64) * CHUNK + j
-            key_ok = j < CHUNK
-            pos = slot * CHUNK + j
-        else:
-            j = (it - n_slots * per_chunk) * BLOCK_N + offs_n
-            k_tok = own_k + j.to(tl.int64)
-            v_tok = own_v + j.to(tl.int64)
-            key_ok = j < last_local
-            pos = tl.where(key_ok, n_slots * CHUNK + j, 0)
-        kp = k_head + k_tok[:, None] * stride_kn
-        k1 = tl.load(kp + cols[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
-        k2 = tl.load(kp + HALF + cols[None, :], mask=key_ok[:, None], other=0.0).to(tl.float32)
-        k1, k2 = _rope_halves(k1, k2, cos_ptr, sin_ptr, pos, HALF)
-        k1 = k1.to(k_ptr.dtype.element_ty)
-        k2 = k2.to(k_ptr.dtype.element_ty)
-        s = tl.dot(q1, tl.trans(k1), input_precision=PREC) + tl.dot(q2, tl.trans(k2), input_precision=PREC)
-        s = s * scale_log2
-        if slot >= n_slots:
-            s = tl.where((j[None, :] <= q_local[:, None]) & key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_head + v_tok[:, None] * stride_vn + dcols[None, :], mask=key_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
+    r = q.to(dt)
+    for j0 in range(0, last_local, BLOCK_N):
+        j = j0 + offs_n
+        m_i, l_i, acc = _attend_tile(r, m_i, l_i, acc, k_head, v_head, own_k + j, own_v + j, j < last_local,
+                                     stride_kn, stride_vn, scale_log2, j, q_local, D, PREC, True)
 
     acc = acc / l_i[:, None]
     o = out_ptr + head[:, None].to(tl.int64) * stride_oh + (row0 + qi)[:, None] * stride_on + dcols[None, :]
@@ -128,7 +136,8 @@ def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
                     block_n: int | None = None) -> torch.Tensor:
     """Attention of query tiles over their selected chunks, then their own chunk (causal).
 
-    q_pre [heads, n, d] unrotated; keys/values [kv_heads, tokens, d] unrotated, read in place; cos/sin
+    q_pre [heads, n, d] without rotary positions; keys [kv_heads, tokens, d] as the cache stores them (rotated
+    at their place inside their chunk), values [kv_heads, tokens, d], both read in place; cos/sin
     [positions, d/2] float32; sel/vsel [heads, rows, slots] int32 chunk ids of keys and of values (they
     differ when values come from an offload staging buffer); vown [heads, rows] int32 token of each row's own
     chunk's first value; tiles [5, n_tiles] int32: first query row, queries, selection row, position of the
@@ -142,46 +151,59 @@ def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     n_tiles = tiles.shape[1]
     ieee = keys.dtype == torch.float32
     packed = heads_per_program(groups, pack)
+    # Defaults from an H100 sweep (benchmarks/kernel_local_layout.py): 128 x 128 tiles and 8 warps for
+    # half-precision blocks (0.90 ms a 4096-query piece of Llama-3-8B); float32 and single-token rows
+    # need smaller tiles.
+    big = block_m >= 128 and not ieee
     _chunk_attention_kernel[(n_tiles, kv_heads if packed > 1 else heads)](
         q_pre, keys, values, out, cos, sin, sel, vsel, vown,
         tiles[0], tiles[1], tiles[2], tiles[3], tiles[4],
         q_pre.stride(0), q_pre.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         out.stride(0), out.stride(1), sel.stride(0), sel.stride(1), vown.stride(0), sel.shape[2], groups,
         scaling * 1.4426950408889634,
-        # Defaults from benchmarks/kernel_sweep.py on an H100 (block_n 32, 4 warps: 1.28 ms a 4096-query piece).
-        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=block_n or min(chunk_size, 32),
-        PACK=packed, IEEE=ieee, num_warps=num_warps or 4, num_stages=num_stages,
+        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=block_n or min(chunk_size, 128 if big else 32),
+        PACK=packed, IEEE=ieee, num_warps=num_warps or (8 if big else 4), num_stages=num_stages,
     )
     return out
 
 
 @triton.jit
 def _chunk_maxlogit_kernel(
-    q_ptr, k_ptr, out_ptr, stride_qk, stride_qm, stride_kh, stride_kn, stride_ok, stride_om, m_rows,
-    CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    q_ptr, k_ptr, out_ptr, cos_ptr, sin_ptr, stride_qk, stride_qm, stride_kh, stride_kn, stride_ok, stride_om,
+    m_rows, CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     kv = tl.program_id(1)
     mblk = tl.program_id(2)
+    HALF: tl.constexpr = D // 2
     PREC: tl.constexpr = "ieee" if IEEE else "tf32"
     rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
-    dcols = tl.arange(0, D)
-    q = tl.load(q_ptr + kv * stride_qk + rows[:, None] * stride_qm + dcols[None, :], mask=rows[:, None] < m_rows,
-                other=0.0)
+    cols = tl.arange(0, HALF)
+    q_base = q_ptr + kv * stride_qk + rows[:, None] * stride_qm
+    q1 = tl.load(q_base + cols[None, :], mask=rows[:, None] < m_rows, other=0.0)
+    q2 = tl.load(q_base + HALF + cols[None, :], mask=rows[:, None] < m_rows, other=0.0)
     best = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for j0 in range(0, CHUNK, BLOCK_N):
-        tok = chunk.to(tl.int64) * CHUNK + j0 + tl.arange(0, BLOCK_N)
-        k = tl.load(k_ptr + kv * stride_kh + tok[:, None] * stride_kn + dcols[None, :])
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        j = j0 + tl.arange(0, BLOCK_N)
+        kp = k_ptr + kv * stride_kh + (chunk.to(tl.int64) * CHUNK + j)[:, None] * stride_kn
+        k1 = tl.load(kp + cols[None, :]).to(tl.float32)
+        k2 = tl.load(kp + HALF + cols[None, :]).to(tl.float32)
+        # Back from the key's place inside its chunk to no position at all (the query carries the distance).
+        k1, k2 = _rope_halves(k1, k2, cos_ptr, sin_ptr, j, HALF, -1.0)
+        s = tl.dot(q1, tl.trans(k1.to(q1.dtype)), input_precision=PREC)
+        s += tl.dot(q2, tl.trans(k2.to(q2.dtype)), input_precision=PREC)
         best = tl.maximum(best, tl.max(s, 1))
     tl.store(out_ptr + kv * stride_ok + rows * stride_om + chunk, best, mask=rows < m_rows)
 
 
-def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int) -> torch.Tensor:
+def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int, cos: torch.Tensor,
+                   sin: torch.Tensor, block_n: int = 32, num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
     """Best logit of each query against each chunk's keys, keys read once per chunk.
 
     queries [kv_heads, m, d] (already rotated to the scoring distance, in the keys' dtype); keys
-    [kv_heads, tokens, d]. Returns float32 [kv_heads, m, n_chunks].
+    [kv_heads, tokens, d] as cached (rotated inside their chunk: undone here by cos/sin [chunk_size, d/2]).
+    Returns float32 [kv_heads, m, n_chunks].
     """
     kv_heads, m, d = queries.shape
     out = torch.empty(kv_heads, m, n_chunks, device=queries.device, dtype=torch.float32)
@@ -191,9 +213,39 @@ def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chu
     block_m = max(16, min(64 if ieee else 128, triton.next_power_of_2(m)))
     grid = (n_chunks, kv_heads, triton.cdiv(m, block_m))
     _chunk_maxlogit_kernel[grid](
-        queries, keys, out, queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1),
+        queries, keys, out, cos, sin, queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1),
         out.stride(0), out.stride(1), m,
-        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=min(chunk_size, 32 if ieee else 64), IEEE=ieee,
-        num_warps=4,
+        # Defaults from an H100 sweep (benchmarks/kernel_sweep.py): 0.10 ms for 128 queries against 384
+        # chunks (keys read at 2 TB/s); deeper pipelines were slower.
+        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=min(chunk_size, block_n), IEEE=ieee,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out
+
+
+@triton.jit
+def _store_keys_kernel(src_ptr, dst_ptr, cos_ptr, sin_ptr, start, n, stride_sh, stride_sn, stride_dh, stride_dn,
+                       CHUNK: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+    tok = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    head = tl.program_id(1).to(tl.int64)
+    ok = (tok < n)[:, None]
+    cols = tl.arange(0, HALF)[None, :]
+    src = src_ptr + head * stride_sh + tok[:, None].to(tl.int64) * stride_sn + cols
+    x1 = tl.load(src, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=ok, other=0.0).to(tl.float32)
+    x1, x2 = _rope_halves(x1, x2, cos_ptr, sin_ptr, (start + tok) % CHUNK, HALF, 1.0)
+    dst = dst_ptr + head * stride_dh + (start + tok)[:, None].to(tl.int64) * stride_dn + cols
+    tl.store(dst, x1.to(dst_ptr.dtype.element_ty), mask=ok)
+    tl.store(dst + HALF, x2.to(dst_ptr.dtype.element_ty), mask=ok)
+
+
+def store_keys(keys: torch.Tensor, cache: torch.Tensor, start: int, chunk_size: int, cos: torch.Tensor,
+               sin: torch.Tensor) -> None:
+    """cache[:, start:start+n] = keys [kv_heads, n, d] rotated at their place inside their chunk, in one pass
+    (the cache's layout, see cache.LongHeadsLayer); cos/sin [chunk_size, d/2] float32."""
+    kv_heads, n, d = keys.shape
+    block = 64
+    _store_keys_kernel[(triton.cdiv(n, block), kv_heads)](
+        keys, cache, cos, sin, start, n, keys.stride(0), keys.stride(1), cache.stride(0), cache.stride(1),
+        CHUNK=chunk_size, HALF=d // 2, BLOCK=block, num_warps=4,
+    )

@@ -104,7 +104,25 @@ def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> Pre
     model.set_attn_implementation(ATTN_NAME)
     if "generate" not in model.__dict__:
         model.generate = _generate_with_longheads_cache(model)
+    if config.compile_layers:
+        _compile_layers(model, attention_modules)
     return model
+
+
+def _compile_layers(model: PreTrainedModel, attention_modules: list[torch.nn.Module]) -> None:
+    """torch.compile the decoder layers that hold the attention modules. The attention function and the
+    cache update are excluded from the graphs (graph breaks), so each layer compiles into the code before,
+    between and after them."""
+    names = {m: n for n, m in model.named_modules()}
+    layers = {model.get_submodule(names[m].rpartition(".")[0]) for m in attention_modules}
+    # Each layer passes its own index to the cache. Without this (process-wide) setting dynamo would
+    # specialize on it: one compilation per layer and shape, beyond its limit of 8, and each call would
+    # check the guards of every layer's code before finding its own.
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    for layer in layers:
+        if not getattr(layer, "longheads_compiled", False):  # enabled again: keep the compiled code
+            layer.compile()
+            layer.longheads_compiled = True
 
 
 def disable(model: PreTrainedModel) -> PreTrainedModel:

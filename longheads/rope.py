@@ -21,6 +21,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+def rotation_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """R [d, d] with x @ R == apply_rope(x, cos, sin) for cos/sin [d] of one position: one matmul instead of
+    a handful of elementwise kernels, for many small query rows."""
+    d = cos.shape[-1]
+    h = d // 2
+    rot = torch.diag(cos)
+    idx = torch.arange(h, device=cos.device)
+    rot[idx + h, idx] = -sin[:h]
+    rot[idx, idx + h] = sin[h:]
+    return rot
+
+
 def model_cos_sin(rotary: torch.nn.Module, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """cos/sin [n, head_dim] exactly as the model computes them for `positions` in `dtype`."""
     probe = torch.empty(0, device=positions.device, dtype=dtype)
@@ -41,6 +53,14 @@ class PositionTable:
             pos = torch.arange(self.length, device=device)
             self._tables[device] = model_cos_sin(self.rotary, pos, torch.float32)
         return self._tables[device]
+
+    def rotation(self, position: int, device: torch.device) -> torch.Tensor:
+        """`rotation_matrix` for one position, made once per device."""
+        key = ("rotation", position, device)
+        if key not in self._tables:
+            cos, sin = self.get(device)
+            self._tables[key] = rotation_matrix(cos[position], sin[position])
+        return self._tables[key]
 
     def halves(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The first half of cos/sin [length, head_dim/2], when the second half repeats it (every rotary

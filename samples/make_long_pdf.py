@@ -36,8 +36,7 @@ class Fact:
 # Each fact is one sentence whose wording the question mirrors, about something the filler never mentions.
 # All were checked with the embedded 135M model on short books that fit its window (docs/selection.md):
 # facts it could not answer even when it read every token (a rare word to copy, a name to pick out of a
-# clause) were reworded or replaced, because they test the model, not the reach of LongHeads. The first
-# three are the ones it answered every time; the end-to-end test uses those.
+# clause) were reworded or replaced, because they test the model, not the reach of LongHeads.
 FACTS = [
     Fact(
         "The secret ingredient of the lighthouse keeper's soup is fennel.",
@@ -80,6 +79,18 @@ FACTS = [
         "Biscuit",
     ),
 ]
+
+# The facts a book gets first, by answer: the three the model answered in every book that held them (8 of 8
+# each) when it read every token (`benchmarks/prose_grid.py`, 16 books at 2.5k tokens, docs/selection.md).
+# The soup and the parrot, once first, scored 4 of 5 and 1 of 3 there: an end-to-end test of LongHeads
+# should not hang on what the 135M model fails at without it. The others follow in list order.
+PLACED_FIRST = ("blue stone", "saffron", "Thursday")
+
+
+def placement_order() -> list[Fact]:
+    first = [f for answer in PLACED_FIRST for f in FACTS if f.answer == answer]
+    return first + [f for f in FACTS if f not in first]
+
 
 # --- the filler: an invented town, in sentence patterns ------------------------------------------------
 
@@ -349,7 +360,8 @@ def make_long_pdf(
         # LongHeads, so a fact there would prove nothing about selection.
         positions = [0.08 + 0.84 * i / max(n_facts - 1, 1) for i in range(n_facts)] if n_facts > 1 else [0.5]
     facts = [
-        Fact(f.sentence, f.question, f.answer, position=pos) for f, pos in zip(FACTS, positions, strict=False)
+        Fact(f.sentence, f.question, f.answer, position=pos)
+        for f, pos in zip(placement_order(), positions, strict=False)
     ]
     for attempt in range(5):
         blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed + attempt)

@@ -9,7 +9,7 @@ import longheads
 from longheads.attention import ModelState, _chunk_attention, _pool_votes
 from longheads.cache import LongHeadsLayer
 from longheads.errors import ConfigError
-from longheads.rope import PositionTable, apply_rope
+from longheads.rope import PositionTable, apply_rope, rotation_matrix
 from longheads.selection import (
     choose_chunks,
     paper_representation,
@@ -52,12 +52,24 @@ def test_maxlogit_finds_the_chunk_holding_the_matching_key():
     w, d = 16, 32
     keys = torch.randn(1, 10 * w, d) * 0.1
     query = torch.randn(1, d)
-    table = torch.arange(d // 2).float()
-    cos = torch.cat([torch.cos(table * 0.0)] * 2)
-    sin = torch.cat([torch.sin(table * 0.0)] * 2)
     keys[0, 7 * w + 5] = query[0] * 3  # the "needle"
-    scores = score_maxlogit(query, keys, 10, w, cos, sin)
+    rotary = _Rotary(d)
+    cos, sin = rotary(keys, torch.arange(w + 1)[None])
+    cos, sin = cos[0], sin[0]
+    # The cache stores keys rotated at their place inside their chunk; scoring turns them back.
+    local = torch.arange(10 * w) % w
+    cached = apply_rope(keys, cos[local], sin[local])
+    scores = score_maxlogit(query, cached, 10, w, rotation_matrix(cos[w], sin[w]), cos[:w], sin[:w])
     assert scores.shape == (1, 10) and int(scores.argmax()) == 7
+    direct = (apply_rope(query, cos[w], sin[w]) @ keys[0].T).view(10, w).amax(-1)
+    torch.testing.assert_close(scores[0], direct)
+
+
+def test_rotation_matrix_is_the_rotary_rotation():
+    rotary = _Rotary(16)
+    cos, sin = rotary(torch.zeros(1), torch.tensor([[37]]))
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(x @ rotation_matrix(cos[0, 0], sin[0, 0]), apply_rope(x, cos[0, 0], sin[0, 0]))
 
 
 def test_selection_rows_are_chunk_blocks_then_single_tail_tokens():
@@ -113,11 +125,13 @@ def test_selected_chunks_are_laid_out_within_the_attention_length():
     w, d, heads = 16, 8, 2
     rotary = _Rotary(d)
     state = ModelState(config, rotary, PositionTable(rotary, 200), num_heads=heads, num_kv_heads=1)
-    layer = LongHeadsLayer(w)
+    layer = LongHeadsLayer(w, table=state.table)
     total = 50 * w + 5
     k_pre, v = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
-    layer.update(k_pre, v)  # keys arrive without rotary positions and are stored as they are
-    assert torch.equal(layer.keys, k_pre)
+    layer.update(k_pre, v)  # keys arrive without rotary positions and are stored at their place in their chunk
+    cos, sin = state.table.get(torch.device("cpu"))
+    local = torch.arange(total) % w
+    torch.testing.assert_close(layer.keys, apply_rope(k_pre, cos[local], sin[local]))
 
     chunks = torch.tensor([[0, 3, 17, 30, 41, 48, 49], [0, 5, 6, 7, 20, 48, 49]])
     q_pre = torch.randn(heads, 1, d)
