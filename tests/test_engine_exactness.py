@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import (
@@ -28,10 +30,10 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str, kv_heads: int) -> torch.nn.Module:
+def tiny_model(family: str, kv_heads: int, **overrides) -> torch.nn.Module:
     config_cls, model_cls, extra = FAMILIES[family]
     torch.manual_seed(0)
-    config = config_cls(**SMALL, num_attention_heads=4, num_key_value_heads=kv_heads, **extra)
+    config = config_cls(**{**SMALL, **overrides}, num_attention_heads=4, num_key_value_heads=kv_heads, **extra)
     config._attn_implementation = "sdpa"
     return model_cls(config).eval()
 
@@ -121,3 +123,22 @@ def test_embedded_model_matches_unmodified(engine):
         finally:
             longheads.enable(model, engine.config)
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C compiler")
+def test_compiled_layers_match_eager_beyond_the_attention_length():
+    """compile_layers compiles the model's own code around the LongHeads attention, which stays eager: the
+    logits, far beyond the attention length too, are the uncompiled model's. (A vocabulary larger than the
+    prompt keeps any two tokens from having equal keys, whose tied chunk scores either run could break its
+    own way; without question tokens, no votes tie either.)"""
+    model = tiny_model("llama", 2, vocab_size=4096)
+    ids = torch.randint(0, 4096, (1, 700), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        longheads.enable(model, lh_config(tail_tokens=0))
+        ref = model(ids, past_key_values=longheads.LongHeadsCache(model)).logits
+        longheads.disable(model)
+        longheads.enable(model, lh_config(tail_tokens=0, compile_layers=True))
+        out = model(ids, past_key_values=longheads.LongHeadsCache(model)).logits
+    assert all(getattr(layer, "longheads_compiled", False) for layer in model.model.layers)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
