@@ -87,7 +87,7 @@ def main() -> None:
         return
     results = []
     for pack, block_m, block_n, warps, stages in itertools.product(
-            (True,), (64, 128), (32, 64, 128), (4, 8), (2, 3)):
+            (True,), (64, 128, 256), (32, 64, 128), (4, 8), (2, 3)):
         per_tile = block_m // 4 if pack else block_m
         tiles = tiles_for(p, per_tile)
         try:
