@@ -20,11 +20,14 @@ def _config_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--attention-length", type=int, default=None)
     ap.add_argument("--max-context", type=int, default=None)
     ap.add_argument("--cpu-offload", action="store_true")
+    ap.add_argument("--compile-layers", action="store_true",
+                    help="torch.compile the model's layers around LongHeads (faster prefill on a GPU)")
 
 
 def _config(args) -> LongHeadsConfig:
     fields = {"chunk_size": args.chunk_size, "attention_length": args.attention_length,
-              "max_context": args.max_context, "cpu_offload": args.cpu_offload or None}
+              "max_context": args.max_context, "cpu_offload": args.cpu_offload or None,
+              "compile_layers": args.compile_layers or None}
     return LongHeadsConfig(**{k: v for k, v in fields.items() if v is not None})
 
 

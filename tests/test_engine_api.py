@@ -25,6 +25,7 @@ from longheads.engine import LongHeadsModel
         ({"sink_chunks": -1}, "sink_chunks"),
         ({"max_context": 10}, "max_context"),
         ({"cpu_offload": "yes"}, "cpu_offload"),
+        ({"compile_layers": 1}, "compile_layers"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, field):
