@@ -1,8 +1,9 @@
 """Rotary position helpers.
 
 LongHeads needs queries and keys at *remapped* positions, so the model's rotary embedding is made the
-identity while LongHeads is enabled (patch.Unrotated), keys are cached without rotation, and both are
-rotated at attention time by small positions only, from tables the model's own rotary module computed.
+identity while LongHeads is enabled (patch.Unrotated), keys are cached rotated only at their place inside
+their chunk, and attention adds small positions only (a chunk's slot, the query's place), from tables the
+model's own rotary module computed.
 This keeps position error from growing with the context: angles are never computed for positions beyond
 the attention length.
 """
