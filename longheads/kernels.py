@@ -153,8 +153,8 @@ def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     n_tiles = tiles.shape[1]
     ieee = keys.dtype == torch.float32
     packed = heads_per_program(groups, pack)
-    # Defaults from an H100 sweep (benchmarks/kernel_local_layout.py): 128 x 128 tiles and 8 warps for
-    # half-precision blocks (0.90 ms a 4096-query piece of Llama-3-8B); float32 and single-token rows
+    # Defaults from an H100 sweep (benchmarks/kernel_sweep.py): 128 x 128 tiles and 8 warps for
+    # half-precision blocks (0.91-0.93 ms a 4096-query piece of Llama-3-8B); float32 and single-token rows
     # need smaller tiles.
     big = block_m >= 128 and not ieee
     _chunk_attention_kernel[(n_tiles, kv_heads if packed > 1 else heads)](
