@@ -55,7 +55,7 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     if layer is None:
         # A cache other than LongHeadsCache (or none): rebuild the layer state from the full key/value.
         layer = LongHeadsLayer(state.config.chunk_size, table=state.table,
-                               kernels=state.config.backend != "reference")
+                               use_kernels=state.config.backend != "reference")
         layer.update(key, value)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5

@@ -38,12 +38,12 @@ class LongHeadsLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(self, chunk_size: int, offload: bool = False, table: PositionTable | None = None,
-                 kernels: bool = True):
+                 use_kernels: bool = True):
         super().__init__()
         self.chunk_size = chunk_size
         self.offload_to_cpu = offload
         self.table = table  # the model's rotary tables, for the keys' offsets inside their chunks
-        self.kernels = kernels  # store keys with the Triton kernel on a GPU (LongHeadsConfig.backend)
+        self.use_kernels = use_kernels  # store keys with the Triton kernel on a GPU (LongHeadsConfig.backend)
         self.length = 0
         self.reserved = 0  # capacity to allocate at once (LongHeadsCache.reserve), so growth never doubles
         self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], rotated inside their chunk
@@ -121,7 +121,7 @@ class LongHeadsLayer(CacheLayerMixin):
             raise ValueError("LongHeadsLayer needs the model's rotary tables to store keys: use LongHeadsCache(model)")
         start, n, d = self.length, keys.shape[1], keys.shape[2]
         dst = self._k[0, :, start : start + n]
-        use_kernel = self.kernels and fast.supports(self.chunk_size, d) and fast.available(dst.device)
+        use_kernel = self.use_kernels and fast.supports(self.chunk_size, d) and fast.available(dst.device)
         halves = self.table.halves(dst.device) if use_kernel else None
         if halves is not None:
             from . import kernels
@@ -182,7 +182,8 @@ class LongHeadsCache(Cache):
         n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
         cfg = state.config
         layers = [
-            LongHeadsLayer(cfg.chunk_size, cfg.cpu_offload, state.table, kernels=cfg.backend != "reference")
+            LongHeadsLayer(cfg.chunk_size, cfg.cpu_offload, state.table,
+                           use_kernels=cfg.backend != "reference")
             for _ in range(n_layers)
         ]
         super().__init__(layers=layers)
