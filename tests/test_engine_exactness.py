@@ -127,12 +127,13 @@ def test_embedded_model_matches_unmodified(engine):
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile on CPU needs a C compiler")
-def test_compiled_layers_match_eager_beyond_the_attention_length():
+@pytest.mark.parametrize("family", ["llama", "qwen3"])  # qwen3: norms on queries and keys inside attention
+def test_compiled_layers_match_eager_beyond_the_attention_length(family):
     """compile_layers compiles the model's own code around the LongHeads attention, which stays eager: the
     logits, far beyond the attention length too, are the uncompiled model's. (A vocabulary larger than the
     prompt keeps any two tokens from having equal keys, whose tied chunk scores either run could break its
     own way; without question tokens, no votes tie either.)"""
-    model = tiny_model("llama", 2, vocab_size=4096)
+    model = tiny_model(family, 2, vocab_size=4096)
     ids = torch.randint(0, 4096, (1, 700), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         longheads.enable(model, lh_config(tail_tokens=0))
