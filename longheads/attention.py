@@ -95,7 +95,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         return out
     kernels = use_fast_path(cfg, device, d) and state.table.halves(device) is not None
     rows = _call_rows(state, start, first, per_token_from, total)
-    scores = row_scores(layer, state, query, start, rows, fast.chunk_maxlogit if kernels else score_rows)
+    scores = row_scores(layer, state, query, start, rows, kernels)
     if kernels:
         fast.attend_rows(layer, state, query, start, rows, scores, scaling, out)
         return out
@@ -122,20 +122,23 @@ def _call_rows(state: ModelState, start: int, first: int, per_token_from: int, t
 
 
 def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, start: int, rows: Rows,
-               scorer=score_rows) -> torch.Tensor:
+               kernels: bool = False) -> torch.Tensor:
     """Chunk scores [heads, rows, chunks] (float32) of every selection row's mean query; columns at or past a
-    row's own chunk are meaningless. One pass over the keys serves every row of the call."""
+    row's own chunk are meaningless. One pass over the keys serves every row of the call (the Triton scorer
+    with `kernels`)."""
     cfg = state.config
     queries = row_means(q_pre, rows, start)
     n_chunks = int(rows.starts[-1]) // cfg.chunk_size  # rows ascend: the last row's own chunk is the largest
     if cfg.selection == "paper":
         return torch.einsum("hrd,hcd->hrc", queries.to(layer.reps.dtype), layer.reps[:, :n_chunks]).float()
     keys = layer.keys[0]
-    cos, sin = state.table.get(keys.device)
     dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
     w = cfg.chunk_size
     rotation = state.table.rotation(dist, keys.device)
-    return score_maxlogit(queries.to(keys.device), keys, n_chunks, w, rotation, cos[:w], sin[:w], scorer)
+    # The tables of positions inside a chunk: the kernel reads the half-width ones the table keeps.
+    scorer, tables = (fast.chunk_maxlogit, state.table.halves) if kernels else (score_rows, state.table.get)
+    cos, sin = (t[:w] for t in tables(keys.device))
+    return score_maxlogit(queries.to(keys.device), keys, n_chunks, w, rotation, cos, sin, scorer)
 
 
 def use_fast_path(cfg: LongHeadsConfig, device: torch.device, head_dim: int) -> bool:

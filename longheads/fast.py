@@ -32,12 +32,11 @@ def available(device: torch.device) -> bool:
 
 def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk_size: int, cos: torch.Tensor,
                    sin: torch.Tensor) -> torch.Tensor:
-    """`selection.score_rows` as one Triton kernel (keys read once per chunk); cos/sin [w, d]."""
+    """`selection.score_rows` as one Triton kernel (keys read once per chunk); cos/sin [w, d/2], the first
+    rows of `rope.PositionTable.halves`."""
     from . import kernels
 
-    h = cos.shape[-1] // 2
-    return kernels.chunk_maxlogit(queries, keys, n_chunks, chunk_size, cos[:, :h].contiguous(),
-                                  sin[:, :h].contiguous())
+    return kernels.chunk_maxlogit(queries, keys, n_chunks, chunk_size, cos, sin)
 
 
 def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,

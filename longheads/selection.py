@@ -123,8 +123,8 @@ def score_maxlogit(query: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk
     """Score = the best logit any key of the chunk gets, query and key a fixed distance apart.
 
     query: [heads, rows, d] (or [heads, d]) unrotated; keys: [kv_heads, >= n_chunks*w, d] as cached;
-    rotation: [d, d] to the scoring distance (rope.rotation_matrix); cos_local/sin_local [w, d] for positions
-    inside a chunk.
+    rotation: [d, d] to the scoring distance (rope.rotation_matrix); cos_local/sin_local: the tables of
+    positions inside a chunk as `scorer` reads them ([w, d]; [w, d/2] for the Triton scorer).
     Rotating only the query by a fixed distance (and the keys back to no position) makes the score
     RoPE-consistent: it is a real attention logit at that distance.
     Returns float32 [heads, rows, n_chunks] (or [heads, n_chunks]).
