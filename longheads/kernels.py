@@ -5,13 +5,17 @@ place inside their chunk, see cache.LongHeadsLayer) and index key/value heads as
 GQA never repeats the cache. The attention kernel applies the remapped positions itself: a selected chunk
 in slot s sits at positions s*w.., the query's own chunk after the last slot, and since every key already
 carries its offset inside its chunk, the remaining offset of a slot is one rotation of the query tile.
+On Hopper the selected chunks' tiles arrive through tensor descriptors (the tensor memory accelerator).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 @triton.jit
@@ -25,10 +29,30 @@ def _rope_halves(x1, x2, cos_ptr, sin_ptr, pos, HALF: tl.constexpr, direction: t
 
 
 @triton.jit
+def _turn(q1, q2, cos_ptr, sin_ptr, at, HALF: tl.constexpr, dt: tl.constexpr):
+    """The whole query tile turned on by `at` positions (one angle for every row), in the keys' dtype."""
+    cols = tl.arange(0, HALF)
+    c = tl.load(cos_ptr + at * HALF + cols)[None, :]
+    s = tl.load(sin_ptr + at * HALF + cols)[None, :]
+    return (q1 * c - q2 * s).to(dt), (q2 * c + q1 * s).to(dt)
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i):
+    """Online softmax over one more tile of logits (base 2): new running max and sum, the factor that
+    rescales what was accumulated, and the tile's weights."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), alpha, p
+
+
+@triton.jit
 def _attend_tile(q1, q2, m_i, l_i, acc, k_head, v_head, k_tok, v_tok, key_ok, stride_kn, stride_vn, scale_log2,
                  j, q_local, HALF: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, CAUSAL: tl.constexpr):
-    """One key tile of the online softmax: the tile goes to the tensor cores as stored (in halves: on an
-    H100 two products of half the head dimension ran faster here than one of the whole)."""
+    """One key tile of the online softmax, loaded through pointers: the tile goes to the tensor cores as
+    stored (in halves: on an H100 two products of half the head dimension ran faster here than one of the
+    whole)."""
     cols = tl.arange(0, HALF)
     dcols = tl.arange(0, D)
     kp = k_head + k_tok[:, None] * stride_kn
@@ -38,23 +62,31 @@ def _attend_tile(q1, q2, m_i, l_i, acc, k_head, v_head, k_tok, v_tok, key_ok, st
     s = s * scale_log2
     if CAUSAL:
         s = tl.where((j[None, :] <= q_local[:, None]) & key_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    m_i, l_i, alpha, p = _softmax_step(s, m_i, l_i)
     v = tl.load(v_head + v_tok[:, None] * stride_vn + dcols[None, :], mask=key_ok[:, None], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-    return m_new, l_i, acc
+    return m_i, l_i, acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+
+
+@triton.jit
+def _attend_tile_tma(q1, q2, m_i, l_i, acc, k_desc, v_desc, k_row, v_row, scale_log2, HALF: tl.constexpr,
+                     PREC: tl.constexpr):
+    """The same for a whole tile of a selected chunk, loaded by the tensor memory accelerator."""
+    k1 = k_desc.load([k_row, 0])
+    k2 = k_desc.load([k_row, HALF])
+    s = tl.dot(q1, tl.trans(k1), input_precision=PREC) + tl.dot(q2, tl.trans(k2), input_precision=PREC)
+    m_i, l_i, alpha, p = _softmax_step(s * scale_log2, m_i, l_i)
+    v = v_desc.load([v_row, 0])
+    return m_i, l_i, acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
 
 
 @triton.jit
 def _chunk_attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, cos_ptr, sin_ptr, sel_ptr, vsel_ptr, vown_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, cos_ptr, sin_ptr, sel_ptr, vsel_ptr, vown_ptr, k_desc, v_desc,
     tile_row_ptr, tile_len_ptr, tile_sel_ptr, tile_local_ptr, tile_own_k_ptr,
     stride_qh, stride_qn, stride_kh, stride_kn, stride_vh, stride_vn, stride_oh, stride_on,
-    stride_sh, stride_sr, stride_vo, n_slots, groups, scale_log2,
+    stride_sh, stride_sr, stride_vo, n_slots, groups, scale_log2, k_rows, v_rows,
     CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACK: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, TMA: tl.constexpr,
 ):
     """One program: one query tile of one KV head's PACK query heads (rows = head-major, BLOCK_M // PACK
     queries each), when those heads share their chunks; with PACK == 1, one query head."""
@@ -97,20 +129,29 @@ def _chunk_attention_kernel(
     v_head = v_ptr + kv.to(tl.int64) * stride_vh
     sel_base = sel_ptr + first_head * stride_sh + sel_row * stride_sr
     vsel_base = vsel_ptr + first_head * stride_sh + sel_row * stride_sr
-    for slot in range(0, n_slots):
-        # A chunk in slot s sits (n_slots - s) chunks before the own chunk: one angle turns the whole
-        # query tile to it, and its key tiles need no rotation.
-        at = (n_slots - slot) * CHUNK
-        c = tl.load(cos_ptr + at * HALF + cols)[None, :]
-        s = tl.load(sin_ptr + at * HALF + cols)[None, :]
-        r1 = (q1 * c - q2 * s).to(dt)
-        r2 = (q2 * c + q1 * s).to(dt)
-        k0 = tl.load(sel_base + slot).to(tl.int64) * CHUNK
-        v0 = tl.load(vsel_base + slot).to(tl.int64) * CHUNK
-        for j0 in range(0, CHUNK, BLOCK_N):
-            j = j0 + offs_n
-            m_i, l_i, acc = _attend_tile(r1, r2, m_i, l_i, acc, k_head, v_head, k0 + j, v0 + j, j < CHUNK,
-                                         stride_kn, stride_vn, scale_log2, j, q_local, HALF, D, PREC, False)
+    if TMA:
+        # One loop over every key tile of the selected chunks, so that Triton pipelines loads across chunks
+        # (nested, its pipeline restarts every CHUNK // BLOCK_N tiles); the query tile is turned per tile.
+        TILES: tl.constexpr = CHUNK // BLOCK_N
+        for t in range(0, n_slots * TILES):
+            slot = t // TILES
+            r1, r2 = _turn(q1, q2, cos_ptr, sin_ptr, (n_slots - slot) * CHUNK, HALF, dt)
+            j0 = (t % TILES) * BLOCK_N
+            m_i, l_i, acc = _attend_tile_tma(r1, r2, m_i, l_i, acc, k_desc, v_desc,
+                                             kv * k_rows + tl.load(sel_base + slot) * CHUNK + j0,
+                                             kv * v_rows + tl.load(vsel_base + slot) * CHUNK + j0, scale_log2,
+                                             HALF, PREC)
+    else:
+        for slot in range(0, n_slots):
+            # A chunk in slot s sits (n_slots - s) chunks before the own chunk: one angle turns the whole
+            # query tile to it, and its key tiles need no rotation.
+            r1, r2 = _turn(q1, q2, cos_ptr, sin_ptr, (n_slots - slot) * CHUNK, HALF, dt)
+            k0 = tl.load(sel_base + slot).to(tl.int64) * CHUNK
+            v0 = tl.load(vsel_base + slot).to(tl.int64) * CHUNK
+            for j0 in range(0, CHUNK, BLOCK_N):
+                j = j0 + offs_n
+                m_i, l_i, acc = _attend_tile(r1, r2, m_i, l_i, acc, k_head, v_head, k0 + j, v0 + j, j < CHUNK,
+                                             stride_kn, stride_vn, scale_log2, j, q_local, HALF, D, PREC, False)
     last_local = local0 + tl.minimum(n_rows, QM)  # own-chunk keys the tile's last query sees
     r1 = q1.to(dt)
     r2 = q2.to(dt)
@@ -131,11 +172,30 @@ def heads_per_program(groups: int, pack: bool) -> int:
     return triton.next_power_of_2(groups) if pack and groups > 1 else 1
 
 
+def _row_descriptor(t: torch.Tensor, block: list[int]) -> tuple[TensorDescriptor, int] | None:
+    """A tensor descriptor over a [kv_heads, tokens, d] cache seen as rows of d (head h's token i at row
+    h * rows_per_head + i) and rows_per_head; None when its layout does not allow one."""
+    heads, tokens, d = t.shape
+    if (t.stride(2) != 1 or t.stride(0) % t.stride(1) or (t.stride(1) * t.element_size()) % 16
+            or t.data_ptr() % 16):
+        return None
+    per_head = t.stride(0) // t.stride(1)
+    return TensorDescriptor(t, [(heads - 1) * per_head + tokens, d], [t.stride(1), 1], block), per_head
+
+
+def tensor_memory_accelerator(device: torch.device) -> bool:
+    """Whether tiles may be loaded through tensor descriptors: Hopper or newer, or Triton's CPU interpreter
+    (so that tests without a GPU run the path an H100 takes)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor, sel: torch.Tensor, vsel: torch.Tensor, vown: torch.Tensor,
                     tiles: torch.Tensor, chunk_size: int, scaling: float, out: torch.Tensor, block_m: int,
                     pack: bool, num_warps: int | None = None, num_stages: int = 2,
-                    block_n: int | None = None) -> torch.Tensor:
+                    block_n: int | None = None, tma: bool | None = None) -> torch.Tensor:
     """Attention of query tiles over their selected chunks, then their own chunk (causal).
 
     q_pre [heads, n, d] without rotary positions; keys [kv_heads, tokens, d] as the cache stores them (rotated
@@ -145,7 +205,8 @@ def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     chunk's first value; tiles [5, n_tiles] int32: first query row, queries, selection row, position of the
     first query in its chunk, the own chunk's first key token. pack: the heads of a KV group share their
     selections, so one program serves them all and reads each key tile once (tiles then hold at most
-    block_m // next_pow2(groups) queries).
+    block_m // next_pow2(groups) queries). tma: load the selected chunks' tiles through tensor descriptors
+    (None: where `tensor_memory_accelerator` says so and the cache's layout allows).
     """
     heads, _, d = q_pre.shape
     kv_heads = keys.shape[0]
@@ -154,17 +215,26 @@ def chunk_attention(q_pre: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     ieee = keys.dtype == torch.float32
     packed = heads_per_program(groups, pack)
     # Defaults from an H100 sweep (benchmarks/kernel_sweep.py): 128 x 128 tiles and 8 warps for
-    # half-precision blocks (0.91-0.93 ms a 4096-query piece of Llama-3-8B); float32 and single-token rows
-    # need smaller tiles.
+    # half-precision blocks (0.75 ms a 4096-query piece of Llama-3-8B with tensor descriptors, 0.90-0.93
+    # through pointers); float32 and single-token rows need smaller tiles.
     big = block_m >= 128 and not ieee
+    block_n = block_n or min(chunk_size, 128 if big else 32)
+    descriptors = None
+    if tma or (tma is None and tensor_memory_accelerator(keys.device)):
+        k, v = _row_descriptor(keys, [block_n, d // 2]), _row_descriptor(values, [block_n, d])
+        if k and v:
+            descriptors = k, v
+        elif tma:
+            raise ValueError("chunk_attention(tma=True) needs caches whose rows are 16-byte aligned")
+    (k_desc, k_rows), (v_desc, v_rows) = descriptors or ((keys, 0), (values, 0))
     _chunk_attention_kernel[(n_tiles, kv_heads if packed > 1 else heads)](
-        q_pre, keys, values, out, cos, sin, sel, vsel, vown,
+        q_pre, keys, values, out, cos, sin, sel, vsel, vown, k_desc, v_desc,
         tiles[0], tiles[1], tiles[2], tiles[3], tiles[4],
         q_pre.stride(0), q_pre.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
         out.stride(0), out.stride(1), sel.stride(0), sel.stride(1), vown.stride(0), sel.shape[2], groups,
-        scaling * 1.4426950408889634,
-        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=block_n or min(chunk_size, 128 if big else 32),
-        PACK=packed, IEEE=ieee, num_warps=num_warps or (8 if big else 4), num_stages=num_stages,
+        scaling * 1.4426950408889634, k_rows, v_rows,
+        CHUNK=chunk_size, D=d, BLOCK_M=block_m, BLOCK_N=block_n, PACK=packed, IEEE=ieee, TMA=descriptors is not None,
+        num_warps=num_warps or (8 if big else 4), num_stages=num_stages,
     )
     return out
 
