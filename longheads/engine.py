@@ -23,7 +23,6 @@ from .trace import SelectionTrace
 
 Prompt = str | list[dict]
 Progress = Callable[[int, int], None]
-PREFILL_PIECE = 4096
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -32,16 +31,20 @@ def _is_oom(exc: BaseException) -> bool:
 
 def encode_pieces(model, cache: LongHeadsCache, ids: torch.Tensor, start: int = 0,
                   progress: Progress | None = None) -> torch.Tensor:
-    """Run ids[:, start:] through the model into `cache` in pieces of PREFILL_PIECE tokens (activations stay
-    bounded at any length); returns the last token's logits."""
+    """Run ids[:, start:] through the model into `cache` in pieces of LongHeadsConfig.prefill_piece tokens
+    (activations stay bounded at any length); returns the last token's logits."""
     total = ids.shape[1]
+    config = model.longheads.config
+    piece = config.piece_tokens(ids.device)
     if progress:
         progress(start, total)
     logits = None
     with torch.inference_mode():
         pos = start
         while pos < total:
-            end = min(pos + PREFILL_PIECE, total)
+            end = min(pos + piece, total)
+            if total - end < config.tail_tokens:
+                end = total  # the question's last tokens pool their votes within one call
             cache.tail_enabled = end == total
             logits = model(input_ids=ids[:, pos:end], past_key_values=cache, use_cache=True,
                            logits_to_keep=1).logits[0, -1]

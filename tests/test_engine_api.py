@@ -26,6 +26,9 @@ from longheads.engine import LongHeadsModel
         ({"max_context": 10}, "max_context"),
         ({"cpu_offload": "yes"}, "cpu_offload"),
         ({"compile_layers": 1}, "compile_layers"),
+        ({"prefill_piece": 1000}, "prefill_piece"),  # not a multiple of the chunk size (256)
+        ({"prefill_piece": 0}, "prefill_piece"),
+        ({"score_distance": -1}, "score_distance"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, field):

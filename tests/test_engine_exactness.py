@@ -143,3 +143,24 @@ def test_compiled_layers_match_eager_beyond_the_attention_length(family):
         out = model(ids, past_key_values=longheads.LongHeadsCache(model)).logits
     assert all(getattr(layer, "longheads_compiled", False) for layer in model.model.layers)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_prefill_piece_changes_neither_logits_nor_selections():
+    """The prompt is encoded in pieces of any multiple of the chunk size (even one that would leave a last
+    piece shorter than the question's tail tokens, which the encoder folds into the piece before) with the
+    same last logits and chunks chosen."""
+    from longheads.engine import encode_pieces
+
+    model = tiny_model("llama", 2, vocab_size=4096)
+    ids = torch.randint(0, 4096, (1, 712), generator=torch.Generator().manual_seed(5))
+    longheads.enable(model, lh_config(tail_tokens=12))
+    results = []
+    for piece in (1024, 96, 160, 704):  # 704: the last piece would hold 8 of the 12 tail tokens
+        model.longheads.config.prefill_piece = piece
+        cache = longheads.LongHeadsCache(model)
+        logits = encode_pieces(model, cache, ids)
+        results.append((logits, [layer.last_selection for layer in cache.layers]))
+    for logits, selections in results[1:]:
+        torch.testing.assert_close(logits, results[0][0], atol=2e-5, rtol=1e-4)
+        for got, want in zip(selections, results[0][1], strict=True):
+            assert torch.equal(got, want)
