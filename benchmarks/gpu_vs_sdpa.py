@@ -113,11 +113,13 @@ def main() -> None:
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     model = llama3_8b(args.layers)
-    # Compile the kernels outside the timings: 12k tokens give a middle piece and a final piece (with the
-    # question's single-token rows) beyond the attention length, each a kernel specialization of its own.
-    warm = torch.randint(0, 128000, (1, 12288), device="cuda")
-    for _ in range(2 if args.compile else 1):  # torch.compile settles on its dynamic shapes on the second call
-        run_longheads(model, warm, 2, False, args.backend, args.compile)
+    # Compile the kernels (and with --compile the layers) outside the timings: 20,736 tokens give a middle
+    # piece and a final piece (with the question's single-token rows) beyond the attention length, each a
+    # kernel specialization of its own, in the piece sizes with and without offload (16384 and 4096).
+    warm = torch.randint(0, 128000, (1, 20736), device="cuda")
+    for offload in [o for o in (False, True) if ("offload" if o else "longheads") not in skip]:
+        for _ in range(2 if args.compile else 1):  # torch.compile settles on dynamic shapes on the second call
+            run_longheads(model, warm, 2, offload, args.backend, args.compile)
     rows = []
     for length in [parse_length(x) for x in args.lengths.split(",")]:
         ids = torch.randint(0, 128000, (1, length), device="cuda", generator=torch.Generator("cuda").manual_seed(0))

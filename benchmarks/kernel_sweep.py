@@ -24,7 +24,7 @@ def piece(dev: str = "cuda") -> SimpleNamespace:
     heads, kv_heads, d, w, n, total = 32, 8, 128, 256, 4096, 102400
     keys = torch.randn(kv_heads, total, d, device=dev, dtype=torch.bfloat16)
     values = torch.randn_like(keys)
-    q = torch.randn(heads, n, d, device=dev)
+    q = torch.randn(heads, n, d, device=dev, dtype=torch.bfloat16)  # the model's queries, as the prefill passes them
     out = torch.empty(heads, n, d, device=dev, dtype=torch.bfloat16)
     start = total - n
     rows = n // w
@@ -35,7 +35,8 @@ def piece(dev: str = "cuda") -> SimpleNamespace:
     vown = (current * w).to(torch.int32)[None].expand(heads, -1).contiguous()
     pos = torch.arange(8192, device=dev)[:, None] * torch.rand(d // 2, device=dev)[None]
     return SimpleNamespace(heads=heads, d=d, w=w, n=n, total=total, start=start, rows=rows, keys=keys,
-                           values=values, q=q, out=out, sel=sel, vown=vown, cos=pos.cos(), sin=pos.sin(),
+                           values=values, q=q, out=out, sel=sel, vown=vown, cos=pos.cos().contiguous(),
+                           sin=pos.sin().contiguous(),
                            row_start=torch.arange(start, total, w), flops=4 * heads * n * (15 * w + w / 2) * d)
 
 
@@ -86,19 +87,19 @@ def main() -> None:
     if "attention" not in what:
         return
     results = []
-    for pack, block_m, block_n, warps, stages in itertools.product(
-            (True,), (64, 128, 256), (32, 64, 128), (4, 8), (2, 3)):
-        per_tile = block_m // 4 if pack else block_m
-        tiles = tiles_for(p, per_tile)
+    # tma: key/value tiles of the selected chunks through tensor descriptors (Hopper) or through pointers
+    for tma, block_m, block_n, warps, stages in itertools.product(
+            (True, False), (64, 128, 256), (32, 64, 128), (4, 8), (2, 3)):
+        tiles = tiles_for(p, block_m // 4)  # the 4 query heads of a KV group share a tile
         try:
             args = (p.q, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, tiles, p.w, 0.088, p.out, block_m,
-                    pack, warps, stages, block_n)
+                    True, warps, stages, block_n, tma)
             ms = timeit(lambda args=args: kernels.chunk_attention(*args))
         except Exception as exc:  # a shape Triton cannot fit (shared memory) is simply skipped
-            print(pack, block_m, block_n, warps, stages, "failed:", type(exc).__name__)
+            print(tma, block_m, block_n, warps, stages, "failed:", type(exc).__name__)
             continue
-        results.append((ms, pack, block_m, block_n, warps, stages))
-        print(f"pack={pack} block_m={block_m} block_n={block_n} warps={warps} stages={stages}: {ms:.3f} ms, "
+        results.append((ms, tma, block_m, block_n, warps, stages))
+        print(f"tma={tma} block_m={block_m} block_n={block_n} warps={warps} stages={stages}: {ms:.3f} ms, "
               f"{p.flops / ms / 1e9:.0f} TFLOP/s", flush=True)
     print("best:", min(results))
 

@@ -1,6 +1,9 @@
 """Run a tiny model through the reference path and the Triton fast path and report how far apart they are.
 
-    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload|VOTE[:SCOPE]]
+    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload|pointers|VOTE[:SCOPE]]
+
+pointers: the attention kernel loads tiles through pointers, as before Hopper, even where it could use
+tensor descriptors (on Hopper, and in the interpreter).
 
 Used by tests/test_fast_path.py in a subprocess, because Triton's CPU interpreter (TRITON_INTERPRET=1)
 must be switched on before triton is imported. Prints one JSON line.
@@ -15,7 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import longheads
-from longheads import fast
+from longheads import fast, kernels
 from longheads.cache import LongHeadsCache
 
 
@@ -44,10 +47,13 @@ def main() -> None:
                          num_hidden_layers=2 if dtype == "float32" else 1, num_attention_heads=6,
                          num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256)
     model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
+    extra = sys.argv[6] if sys.argv[6:] else ""
     cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
-               cpu_offload=sys.argv[6:] == ["offload"])
-    if sys.argv[6:] and sys.argv[6] != "offload":  # VOTE or VOTE:SCOPE
-        cfg["vote"], _, scope = sys.argv[6].partition(":")
+               cpu_offload=extra == "offload")
+    if extra == "pointers":
+        kernels.tensor_memory_accelerator = lambda _device: False
+    elif extra and extra != "offload":  # VOTE or VOTE:SCOPE
+        cfg["vote"], _, scope = extra.partition(":")
         cfg["vote_scope"] = scope or "layer"
     # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
     # chunks exactly equal scores, a tie each path may break its own way.

@@ -20,10 +20,10 @@ CHECK = Path(__file__).with_name("fast_path_check.py")
 
 
 def _check(device: str, dtype: str, granularity: str, head_dim: int, length: int, interpret: bool,
-           offload: bool = False, vote: str | None = None) -> dict:
+           offload: bool = False, vote: str | None = None, pointers: bool = False) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
     args = [sys.executable, str(CHECK), device, dtype, granularity, str(head_dim), str(length)]
-    args += ["offload"] if offload else [vote] if vote else []
+    args += ["offload"] if offload else ["pointers"] if pointers else [vote] if vote else []
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -37,9 +37,11 @@ def _interpreter_works() -> bool:
 
 
 @pytest.mark.skipif(not _interpreter_works(), reason="Triton's CPU interpreter needs numpy < 2.3")
-@pytest.mark.parametrize("granularity", ["kv_group", "head"])
-def test_kernels_match_reference_in_interpreter(granularity):
-    r = _check("cpu", "float32", granularity, 32, 300, interpret=True)
+@pytest.mark.parametrize("granularity,pointers", [("kv_group", False), ("head", False), ("kv_group", True)],
+                         ids=["kv_group", "head", "kv_group-pointer-loads"])
+def test_kernels_match_reference_in_interpreter(granularity, pointers):
+    # The interpreter takes Hopper's path (tiles through tensor descriptors); pointers: the path before it.
+    r = _check("cpu", "float32", granularity, 32, 300, interpret=True, pointers=pointers)
     assert r["selection_rows_equal"] == r["selection_rows"], r
     assert r["max_abs_diff"] < 1e-5, r
 
@@ -69,3 +71,4 @@ def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, of
     needed = r["selection_rows"] if exact else int(0.9 * r["selection_rows"])
     assert r["selection_rows_equal"] >= needed, r
     assert r["max_abs_diff"] < (1e-4 if exact else 0.1) * max(1.0, r["max_abs_logit"]), r
+
