@@ -147,7 +147,7 @@ def use_fast_path(cfg: LongHeadsConfig, device: torch.device, head_dim: int) -> 
     if fast.available(device):
         return True
     if cfg.backend == "triton":
-        raise RuntimeError("LongHeadsConfig.backend='triton' needs a CUDA device and the triton package "
+        raise RuntimeError("LongHeadsConfig.backend='triton' needs a CUDA device and the triton package, 3.4 or newer "
                            "(pip install 'longheads[gpu]'); use backend='auto' to fall back to PyTorch.")
     return False
 
