@@ -22,12 +22,15 @@ def _config_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--cpu-offload", action="store_true")
     ap.add_argument("--compile-layers", action="store_true",
                     help="torch.compile the model's layers around LongHeads (faster prefill on a GPU)")
+    ap.add_argument("--prefill-piece", type=int, default=None,
+                    help="tokens per forward call of the prefill, a multiple of the chunk size "
+                         "(default: 16384 on a GPU, 4096 on the CPU or with --cpu-offload)")
 
 
 def _config(args) -> LongHeadsConfig:
     fields = {"chunk_size": args.chunk_size, "attention_length": args.attention_length,
               "max_context": args.max_context, "cpu_offload": args.cpu_offload or None,
-              "compile_layers": args.compile_layers or None}
+              "compile_layers": args.compile_layers or None, "prefill_piece": args.prefill_piece}
     return LongHeadsConfig(**{k: v for k, v in fields.items() if v is not None})
 
 

@@ -1,0 +1,30 @@
+"""The `longheads` command: a real answer about the sample PDF with its page map, and bad input refused with
+a message and exit status 2 before any model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from longheads.cli import main
+
+SAMPLE = str(Path(__file__).resolve().parents[1] / "samples" / "eddystone.pdf")
+
+
+def test_ask_answers_from_the_pdf_and_names_the_page(capsys):
+    rc = main(["ask", SAMPLE, "Who built the first lighthouse on the Eddystone rocks?", "--device", "cpu",
+               "--max-new-tokens", "16", "--prefill-piece", "512"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Winstan" in out  # Henry Winstanley, on page 2 of the sample
+    assert "eddystone.pdf: " in err and " tokens" in err
+    assert "[heads read most: page 2" in err
+
+
+def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
+    assert main(["ask", str(tmp_path / "missing.pdf"), "q"]) == 2
+    assert "missing.pdf' does not exist" in capsys.readouterr().err
+    assert main(["ask", SAMPLE, "q", "--prefill-piece", "1000"]) == 2
+    assert "prefill_piece=1000 is invalid" in capsys.readouterr().err
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert main(["ask", str(tmp_path / "latin1.txt"), "q"]) == 2
+    assert "is not a UTF-8 text file" in capsys.readouterr().err
