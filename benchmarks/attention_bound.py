@@ -18,6 +18,7 @@ from kernel_sweep import piece, tiles_for, timeit  # a sibling script
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from longheads import kernels
+from longheads.kernels import _softmax_step  # the library kernel's own online-softmax step
 
 
 @triton.jit
@@ -50,12 +51,8 @@ def _stripped_kernel(q_ptr, out_ptr, sel_ptr, cos_ptr, sin_ptr, k_desc, v_desc, 
         else:
             r1, r2 = q1.to(dt), q2.to(dt)
         logits = tl.dot(r1, tl.trans(k_desc.load([row, 0]))) + tl.dot(r2, tl.trans(k_desc.load([row, HALF])))
-        m_new = tl.maximum(m_i, tl.max(logits * scale_log2, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(logits * scale_log2 - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i, l_i, alpha, p = _softmax_step(logits * scale_log2, m_i, l_i)
         acc = acc * alpha[:, None] + tl.dot(p.to(dt), v_desc.load([row, 0]))
-        m_i = m_new
     out = out_ptr + head[:, None] * stride_qh + query[:, None] * stride_qn + tl.arange(0, D)[None, :]
     tl.store(out, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty))
 
