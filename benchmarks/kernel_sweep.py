@@ -3,7 +3,7 @@
 tokens + the own chunk) and the chunk-scoring kernel (the piece's 16 block rows x 4 heads of a KV group
 against every earlier chunk).
 
-    python benchmarks/kernel_sweep.py [--what attention,maxlogit]
+    python benchmarks/kernel_sweep.py [--what attention,maxlogit] [--tma on,off] [--block-m 64,128,256] [--warps 4,8,16]
 """
 
 from __future__ import annotations
@@ -80,7 +80,16 @@ def sweep_maxlogit(p: SimpleNamespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--what", default="attention,maxlogit")
-    what = ap.parse_args().what.split(",")
+    ap.add_argument("--tma", default="on,off", help="attention: tensor-descriptor loads on, off or both")
+    ap.add_argument("--block-m", default="64,128,256")
+    ap.add_argument("--block-n", default="32,64,128")
+    ap.add_argument("--warps", default="4,8,16")
+    ap.add_argument("--stages", default="2,3")
+    args = ap.parse_args()
+    what = args.what.split(",")
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",")]
     p = piece()
     if "maxlogit" in what:
         sweep_maxlogit(p)
@@ -89,7 +98,8 @@ def main() -> None:
     results = []
     # tma: key/value tiles of the selected chunks through tensor descriptors (Hopper) or through pointers
     for tma, block_m, block_n, warps, stages in itertools.product(
-            (True, False), (64, 128, 256), (32, 64, 128), (4, 8), (2, 3)):
+            [x == "on" for x in args.tma.split(",")], ints(args.block_m), ints(args.block_n), ints(args.warps),
+            ints(args.stages)):
         tiles = tiles_for(p, block_m // 4)  # the 4 query heads of a KV group share a tile
         try:
             args = (p.q, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, tiles, p.w, 0.088, p.out, block_m,
