@@ -97,13 +97,17 @@ def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
     heads, n_rows, n_chunks = scores.shape
     device = scores.device
     # The masks and the always-kept chunks depend on the rows only: made once per call, for every layer.
-    candidate, fixed = (rows.on(device, f"{name} {n_chunks}", lambda name=name: _row_layout(rows, cfg, n_chunks)[name])
-                        for name in ("candidate", "fixed"))
+    candidate, fixed = (_layout(rows, cfg, n_chunks, device, name) for name in ("candidate", "fixed"))
     cand = torch.where(candidate, scores, float("-inf"))
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
     top = cand.topk(cfg.selected_chunks, dim=-1).indices
     return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
+
+
+def _layout(rows: Rows, cfg, n_chunks: int, device: torch.device, name: str) -> torch.Tensor:
+    """One of `_row_layout`'s tensors on `device`, made once per forward call."""
+    return rows.on(device, f"{name} {n_chunks}", lambda: _row_layout(rows, cfg, n_chunks)[name])
 
 
 def _row_layout(rows: Rows, cfg, n_chunks: int) -> dict[str, torch.Tensor]:
@@ -146,7 +150,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     n_rows, n_chunks, n_blocks = scores.shape[1], scores.shape[2], rows.n_blocks
     current = rows.on(device, "current", lambda: rows.starts // w)
     if cfg.vote != "none" and n_blocks < n_rows:  # the question's tokens pool their votes
-        valid = rows.on(device, f"valid {n_chunks}", lambda: _row_layout(rows, cfg, n_chunks)["valid"])
+        valid = _layout(rows, cfg, n_chunks, device, "valid")
         scores = _pool(layer, torch.where(valid, scores, float("-inf")), n_blocks, cfg.vote, cfg.ballot_size, current,
                        n_chunks, cfg.vote_scope, state)
     sel = _choose(scores, rows, cfg, groups).to(torch.int32).contiguous()
