@@ -5,7 +5,8 @@
 Random weights of the Llama-3-8B shape (32 layers, 32 query / 8 KV heads, head_dim 128, bf16): speed and
 memory do not depend on the weights. For every length, one process measures, each from a clean cache:
 SDPA prefill in one forward (logits_to_keep=1, as a user would call it) and its decode; LongHeads prefill
-through the engine's piecewise encoder and its decode; the same with cpu_offload. Decode ms/token is the
+through the engine's piecewise encoder (--repeats times, the median shown) and its decode; the same with
+cpu_offload (once). Decode ms/token is the
 mean of --decode-steps single-token forwards after a warm-up step. Prints a markdown table.
 """
 
@@ -79,7 +80,8 @@ def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
     return {"prefill_s": round(seconds, 3), "peak_gib": round(peak / 2**30, 2), "decode_ms": round(decode, 2)}
 
 
-def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str, compile_layers: bool) -> dict:
+def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str, compile_layers: bool,
+                  repeats: int = 1) -> dict:
     import longheads
     from longheads.cache import LongHeadsCache
     from longheads.engine import encode_pieces
@@ -88,15 +90,19 @@ def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: 
     cfg = longheads.LongHeadsConfig(max_context=ids.shape[1] + steps + 8, cpu_offload=offload, backend=backend,
                                     compile_layers=compile_layers)
     longheads.enable(model, cfg)
-    _clean()
-    cache = LongHeadsCache(model)
-    cache.reserve(ids.shape[1] + steps + 3)  # the prompt, warm-up and timed decode steps
-    _, seconds = _timed(lambda: encode_pieces(model, cache, ids))
+    times = []
+    for _ in range(repeats):
+        cache = None
+        _clean()
+        cache = LongHeadsCache(model)
+        cache.reserve(ids.shape[1] + steps + 3)  # the prompt, warm-up and timed decode steps
+        times.append(_timed(lambda cache=cache: encode_pieces(model, cache, ids))[1])
     peak = torch.cuda.max_memory_allocated()
     decode = _decode_ms(model, cache, steps)
     peak_all = torch.cuda.max_memory_allocated()
-    return {"prefill_s": round(seconds, 3), "peak_gib": round(peak / 2**30, 2),
-            "peak_with_decode_gib": round(peak_all / 2**30, 2), "decode_ms": round(decode, 2)}
+    return {"prefill_s": round(sorted(times)[len(times) // 2], 3), "prefill_runs_s": [round(t, 3) for t in times],
+            "peak_gib": round(peak / 2**30, 2), "peak_with_decode_gib": round(peak_all / 2**30, 2),
+            "decode_ms": round(decode, 2)}
 
 
 def main() -> None:
@@ -110,6 +116,8 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", default=None)
     ap.add_argument("--compile", action="store_true", help="LongHeadsConfig(compile_layers=True) for LongHeads")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="LongHeads prefills per length without offload; the table shows their median")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     model = llama3_8b(args.layers)
@@ -127,7 +135,8 @@ def main() -> None:
         if "sdpa" not in skip:
             row["sdpa"] = run_sdpa(model, ids, args.decode_steps)
         if "longheads" not in skip:
-            row["longheads"] = run_longheads(model, ids, args.decode_steps, False, args.backend, args.compile)
+            row["longheads"] = run_longheads(model, ids, args.decode_steps, False, args.backend, args.compile,
+                                             args.repeats)
         if "offload" not in skip:
             row["offload"] = run_longheads(model, ids, args.decode_steps, True, args.backend, args.compile)
         rows.append(row)

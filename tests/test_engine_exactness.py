@@ -96,6 +96,29 @@ def test_disable_restores_the_original_attention_and_rotary():
     assert torch.equal(out, ref)  # beyond the attention length too: nothing of LongHeads is left
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_rotary_arithmetic_is_skipped_while_enabled_and_unchanged_otherwise(family: str):
+    """The model's own rotary function hands Unrotated's marked (boolean) cos/sin straight back, so no pass
+    multiplies the queries by 1; called with real cos/sin, as by any model without LongHeads, it rotates."""
+    model = tiny_model(family, 2)
+    rotary = model.model.rotary_emb
+    attention = model.model.layers[0].self_attn
+    original = type(attention).forward.__globals__["apply_rotary_pos_emb"]
+    original = getattr(original, "longheads_wraps", original)  # another test may have enabled this family
+    longheads.enable(model, lh_config())
+    assert model.model.rotary_emb.marked
+    rotate = type(attention).forward.__globals__["apply_rotary_pos_emb"]
+    q, k = torch.randn(1, 4, 10, attention.head_dim), torch.randn(1, 2, 10, attention.head_dim)
+    position_ids = torch.arange(10)[None]
+    cos, sin = model.model.rotary_emb(q, position_ids)
+    assert cos.dtype == torch.bool
+    q_out, k_out = rotate(q, k, cos, sin)
+    assert q_out is q and k_out is k
+    real = rotary(q, position_ids)
+    for got, want in zip(rotate(q, k, *real), original(q, k, *real), strict=True):
+        assert torch.equal(got, want) and not torch.equal(got, q if got.shape == q.shape else k)
+
+
 def test_beyond_attention_length_runs_and_differs_from_full_attention():
     model = tiny_model("qwen2", 2)
     ids = torch.randint(0, 128, (1, 700), generator=torch.Generator().manual_seed(3))
