@@ -57,7 +57,7 @@ class LongHeadsConfig:
     backend: str = "auto"
     # torch.compile each decoder layer around the LongHeads attention (which, like the cache update, stays
     # eager): fuses the model's own norms, rotary and MLP arithmetic. On one H100 it took a 100k-token
-    # prefill of Llama-3-8B from 3.64-3.66 s to 2.97-3.04 s (docs/benchmarks.md); the first calls compile (seconds),
+    # prefill of Llama-3-8B from 3.64-3.66 s to 2.92-2.99 s (docs/benchmarks.md); the first calls compile (seconds),
     # and the layers stay compiled after `disable`.
     compile_layers: bool = False
     # Tokens per forward call while a prompt is encoded, a multiple of chunk_size (so that no query block
