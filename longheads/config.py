@@ -56,7 +56,7 @@ class LongHeadsConfig:
     # kernels or an error; "reference": always the plain PyTorch path the kernels are tested against.
     backend: str = "auto"
     # torch.compile each decoder layer around the LongHeads attention (which, like the cache update, stays
-    # eager): fuses the model's own norms, rotary and MLP arithmetic. On one H100 it took a 100k-token
+    # eager): fuses the model's own norms and MLP arithmetic. On one H100 it took a 100k-token
     # prefill of Llama-3-8B from 3.64-3.66 s to 2.92-2.99 s (docs/benchmarks.md); the first calls compile (seconds),
     # and the layers stay compiled after `disable`.
     compile_layers: bool = False
