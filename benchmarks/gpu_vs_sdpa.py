@@ -6,8 +6,8 @@ Random weights of the Llama-3-8B shape (32 layers, 32 query / 8 KV heads, head_d
 memory do not depend on the weights. For every length, one process measures, each from a clean cache:
 SDPA prefill in one forward (logits_to_keep=1, as a user would call it) and its decode; LongHeads prefill
 through the engine's piecewise encoder (--repeats times, the median shown) and its decode; the same with
-cpu_offload (once). Decode ms/token is the
-mean of --decode-steps single-token forwards after a warm-up step. Prints a markdown table.
+cpu_offload (once). Decode ms/token is the mean of --decode-steps single-token forwards after a warm-up
+step. Prints a markdown table.
 """
 
 from __future__ import annotations

@@ -102,9 +102,9 @@ def main() -> None:
             ints(args.stages)):
         tiles = tiles_for(p, block_m // 4)  # the 4 query heads of a KV group share a tile
         try:
-            args = (p.q, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, tiles, p.w, 0.088, p.out, block_m,
+            call = (p.q, p.keys, p.values, p.cos, p.sin, p.sel, p.sel, p.vown, tiles, p.w, 0.088, p.out, block_m,
                     True, warps, stages, block_n, tma)
-            ms = timeit(lambda args=args: kernels.chunk_attention(*args))
+            ms = timeit(lambda call=call: kernels.chunk_attention(*call))
         except Exception as exc:  # a shape Triton cannot fit (shared memory) is simply skipped
             print(tma, block_m, block_n, warps, stages, "failed:", type(exc).__name__)
             continue

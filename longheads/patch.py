@@ -61,7 +61,8 @@ def _skips_unrotated(rotate):
 
 def _wrap_rotary_functions(attention_modules: list[torch.nn.Module]) -> bool:
     """Make the `apply_rotary_pos_emb` each attention module's forward calls pass Unrotated's boolean marker
-    through (every other call is unchanged). False if some module's forward calls no such function."""
+    through (every other call is unchanged, so `disable` leaves the wrapper in place). False if some module's
+    forward calls no such function."""
     for module in attention_modules:
         names = type(module).forward.__globals__
         rotate = names.get("apply_rotary_pos_emb")
