@@ -18,7 +18,7 @@ from kernel_sweep import piece, tiles_for, timeit  # a sibling script
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from longheads import kernels
-from longheads.kernels import _softmax_step  # the library kernel's own online-softmax step
+from longheads.kernels import _softmax_step, _turn  # the library kernel's own softmax step and slot rotation
 
 
 @triton.jit
@@ -44,10 +44,7 @@ def _stripped_kernel(q_ptr, out_ptr, sel_ptr, cos_ptr, sin_ptr, k_desc, v_desc, 
     for t in range(0, n_slots * TILES):
         row = kv * k_rows + tl.load(sel + t // TILES) * CHUNK + (t % TILES) * BLOCK_N
         if ROTATE:
-            at = (n_slots - t // TILES) * CHUNK
-            c = tl.load(cos_ptr + at * HALF + cols)[None, :]
-            s = tl.load(sin_ptr + at * HALF + cols)[None, :]
-            r1, r2 = (q1 * c - q2 * s).to(dt), (q2 * c + q1 * s).to(dt)
+            r1, r2 = _turn(q1, q2, cos_ptr, sin_ptr, (n_slots - t // TILES) * CHUNK, HALF, dt)
         else:
             r1, r2 = q1.to(dt), q2.to(dt)
         logits = tl.dot(r1, tl.trans(k_desc.load([row, 0]))) + tl.dot(r2, tl.trans(k_desc.load([row, HALF])))

@@ -71,4 +71,3 @@ def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, of
     needed = r["selection_rows"] if exact else int(0.9 * r["selection_rows"])
     assert r["selection_rows_equal"] >= needed, r
     assert r["max_abs_diff"] < (1e-4 if exact else 0.1) * max(1.0, r["max_abs_logit"]), r
-
