@@ -275,7 +275,7 @@ def pick_document(messages: Any) -> Doc | None:
                 "Length", [16_000, 32_000, 64_000, 100_000], value=16_000, key="long_tokens",
                 format_func=lambda n: f"{n // 1000}k tokens",
             )  # fmt: skip
-            st.caption("A chronicle of an invented harbour town with three facts on known pages.")
+            st.caption("Pride and Prejudice (public domain) with three facts added on known pages.")
             if st.button("Generate", key="make_long", type="primary"):
                 with st.spinner("Writing the PDF…"):
                     made = document.make_long_sample(tokens)

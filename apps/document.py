@@ -72,9 +72,10 @@ def known_facts(path: Path) -> tuple[tuple[str, int], ...]:
 
 
 def make_long_sample(tokens: int) -> Path:
-    """Writes a long PDF of prose with facts on known pages (the samples' generator) and returns its path."""
+    """Writes a long PDF of real prose (Pride and Prejudice) with facts on known pages (the samples'
+    generator) and returns its path."""
     GENERATED.mkdir(parents=True, exist_ok=True)
-    path = GENERATED / f"chronicle-{tokens // 1000}k.pdf"
+    path = GENERATED / f"pride-and-prejudice-{tokens // 1000}k.pdf"
     # A separate process: the generator is a script, not part of the installed package.
     subprocess.run(
         [sys.executable, str(SAMPLES / "make_long_pdf.py"), str(path), "--tokens", str(tokens), "--facts", "3"],

@@ -3,7 +3,8 @@
     python benchmarks/prose_grid.py --tokens 17000 --books 8 --out prose.json \
         --variant default: --variant tail64:tail_tokens=64
 
-Books come from samples/make_long_pdf.py (the end-to-end test's generator, text only, no PDF): each holds
+Books come from samples/make_long_pdf.py (the end-to-end test's generator, text only, no PDF), in the prose
+`--source` names (the novel, each book from a chapter its seed picks, or the chronicle): each holds
 three facts at random depths and is asked about each through the chat template, the document first, as the
 integrations ask. A fact counts as read when the chunk holding it is among the chunks the heads read most for
 the first answer token (the page map's view). Variants are NAME:key=value,... over LongHeadsConfig fields.
@@ -25,15 +26,15 @@ import longheads
 from longheads.engine import LongHeadsModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
-from make_long_pdf import CHARS_PER_TOKEN, FACTS, Fact, compose  # noqa: E402
+from make_long_pdf import CHARS_PER_TOKEN, FACTS, SOURCES, Fact, compose  # noqa: E402
 
 
-def make_book(tokens: int, seed: int) -> tuple[str, list[Fact]]:
+def make_book(tokens: int, seed: int, source: str) -> tuple[str, list[Fact]]:
     rng = random.Random(seed)
     chosen = rng.sample(FACTS, 3)
     depths = sorted(rng.uniform(0.06, 0.94) for _ in chosen)
     facts = [Fact(f.sentence, f.question, f.answer, position=d) for f, d in zip(chosen, depths, strict=True)]
-    blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed)
+    blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed, source=source)
     return "\n\n".join(text for _, text in blocks), facts
 
 
@@ -58,13 +59,14 @@ def main() -> None:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--tokens", type=int, default=17000)
     ap.add_argument("--books", type=int, default=8)
+    ap.add_argument("--source", choices=SOURCES, default="austen")
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--out", default="prose_grid.json")
     args = ap.parse_args()
 
     base = longheads.load(args.model, device=args.device, dtype=args.dtype)
-    books = [make_book(args.tokens, seed) for seed in range(args.books)]
-    report = {"model": base.model_name, "tokens": args.tokens,
+    books = [make_book(args.tokens, seed, args.source) for seed in range(args.books)]
+    report = {"model": base.model_name, "tokens": args.tokens, "source": args.source,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "variants": []}
     for spec in args.variant or ["default:"]:
         name, fields = parse_variant(spec)

@@ -178,6 +178,8 @@ class PDFDocument:
 
         Pages are ranked by their most selected chunk, as `trace.top_chunks` ranks chunks: the first chunks
         and those next to the question are read by every head by rule and say nothing, so they are left out.
+        A chunk that runs across a page break counts for every page it touches, in page order: the sentence
+        that made the heads read it may sit on the page that holds the smaller part of it.
         `baseline`, the trace of another question about the same document laid out the same way (a neutral
         one such as "What is this document about?"), leaves out what the heads read whatever is asked
         (`SelectionTrace.top_chunks`).
@@ -185,19 +187,16 @@ class PDFDocument:
         counts = [int(c) for c in trace.chunk_counts().tolist()]
         if baseline is not None and self.locate(baseline.prompt_text) != self.locate(trace.prompt_text):
             raise ValueError("the baseline's prompt does not hold this document at the same place")
-        ranked = trace.top_chunks(len(counts), baseline=baseline)
-        pages = self.chunk_pages(trace)
-        order: list[int] = []
-        hits: dict[int, list[int]] = {}
-        for chunk in ranked:
-            page = pages[chunk] if chunk < len(pages) else None
-            if page is None:
+        base = self.locate(trace.prompt_text)
+        hits: dict[int, list[int]] = {}  # page index -> its chunks, in the order pages were first hit
+        for chunk in trace.top_chunks(len(counts), baseline=baseline):
+            if chunk >= len(trace.chunk_char_spans):
                 continue
-            if page.index not in hits:
-                order.append(page.index)
-                hits[page.index] = []
-            hits[page.index].append(chunk)
-        return [PageHit(self.pages[i], sum(counts[c] for c in hits[i]), tuple(hits[i])) for i in order[:k]]
+            start, end = trace.chunk_char_spans[chunk]
+            for page in self.pages_in_span(start - base, end - base):
+                hits.setdefault(page.index, []).append(chunk)
+        return [PageHit(self.pages[i], sum(counts[c] for c in chunks), tuple(chunks))
+                for i, chunks in list(hits.items())[:k]]
 
     def check_fits(self, n_tokens: int, max_context: int, reserve: int = 0) -> None:
         """Raise ContextTooLongError unless `n_tokens` of this document plus `reserve` tokens (question, chat

@@ -1,18 +1,22 @@
-"""Writes a long PDF of plausible prose with a few known facts on known pages, and a JSON of fact -> page.
+"""Writes a long PDF of prose with a few known facts on known pages, and a JSON of fact -> page.
 
     python samples/make_long_pdf.py out/long.pdf                 # about 100k tokens
     python samples/make_long_pdf.py out/short.pdf --tokens 16000 --facts 3
 
-The prose is a chronicle of an invented harbour town, built from sentence patterns with a fixed seed, so it
-reads like a book (places, people, seasons, trades) without ever repeating a paragraph. The facts are single
-sentences about things the filler never mentions (soup, a parrot, a key...), so a correct answer can only
-come from the fact's own page. Each fact's page is taken from reading the written PDF back, not from where
-the writer thought it put it.
+The prose (`--source`) is either a real novel, Jane Austen's *Pride and Prejudice* (public domain,
+`samples/texts/`), read from a chapter that the seed picks and wrapping around to chapter 1 when needed, or
+a *chronicle* of an invented harbour town built from sentence patterns with a fixed seed. The chronicle never
+repeats a paragraph but is made of twenty sentence patterns over the same people and places, so every page
+resembles every other: a harder haystack than a book, kept because the measurements in docs/selection.md
+up to session 7 used it. The facts are single sentences about things neither text mentions (soup, a parrot,
+a key...), so a correct answer can only come from the fact's own page. Each fact's page is taken from reading
+the written PDF back, not from where the writer thought it put it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 import re
@@ -20,7 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# SmolLM2's tokenizer (a GPT-2 style BPE) gives about 4.3 characters per token on this prose.
+# SmolLM2's tokenizer (a GPT-2 style BPE) gives about 4.1 characters per token on the novel, 4.3 on the chronicle.
 CHARS_PER_TOKEN = 4.3
 
 
@@ -272,9 +276,50 @@ def _paragraph(rng: random.Random) -> str:
     return " ".join(sentences)
 
 
-def compose(n_chars: int, facts: list[Fact], seed: int = 0) -> list[tuple[str, str]]:
+SOURCES = ("austen", "chronicle")
+NOVEL = Path(__file__).resolve().parent / "texts" / "pride_and_prejudice.txt.gz"
+
+
+def compose(n_chars: int, facts: list[Fact], seed: int = 0, source: str = "austen") -> list[tuple[str, str]]:
     """Blocks of ("h", heading) / ("p", paragraph) adding up to about n_chars, with each fact as its own
     paragraph at its `position`."""
+    if source == "austen":
+        return _novel(n_chars, facts, seed)
+    if source != "chronicle":
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    return _chronicle(n_chars, facts, seed)
+
+
+def novel_blocks() -> list[tuple[str, str]]:
+    """The novel as ("h", "Chapter N") / ("p", paragraph) blocks; its lines are wrapped at ~70 characters."""
+    text = gzip.decompress(NOVEL.read_bytes()).decode("ascii")
+    blocks = []
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        if para:
+            blocks.append(("h" if re.fullmatch(r"Chapter \d+", para) else "p", para))
+    return blocks
+
+
+def _novel(n_chars: int, facts: list[Fact], seed: int) -> list[tuple[str, str]]:
+    book = novel_blocks()
+    chapters = [i for i, (kind, _) in enumerate(book) if kind == "h"]
+    start = chapters[random.Random(seed).randrange(len(chapters))] if seed else 0
+    pending = sorted(facts, key=lambda f: f.position)
+    blocks: list[tuple[str, str]] = []
+    size, i = 0, start
+    while size < n_chars:
+        while pending and size >= pending[0].position * n_chars:
+            blocks.append(("p", pending.pop(0).sentence))
+            size += len(blocks[-1][1])
+        blocks.append(book[i % len(book)])
+        size += len(blocks[-1][1])
+        i += 1
+    blocks.extend(("p", fact.sentence) for fact in pending)  # positions at 1.0 land after the last paragraph
+    return blocks
+
+
+def _chronicle(n_chars: int, facts: list[Fact], seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     blocks: list[tuple[str, str]] = []
     pending = sorted(facts, key=lambda f: f.position)
@@ -297,6 +342,9 @@ def compose(n_chars: int, facts: list[Fact], seed: int = 0) -> list[tuple[str, s
     for fact in pending:  # positions at 1.0 land after the last paragraph
         blocks.append(("p", f"{_sentence(rng)} {fact.sentence}"))
     return blocks
+
+
+TITLES = {"austen": "Pride and Prejudice, with a few facts added", "chronicle": "A Chronicle of Saltmarsh Harbour"}
 
 
 def write_pdf(blocks: list[tuple[str, str]], path: Path, title: str) -> None:
@@ -349,7 +397,8 @@ def make_long_pdf(
     n_facts: int = 3,
     positions: list[float] | None = None,
     seed: int = 0,
-    title: str = "A Chronicle of Saltmarsh Harbour",
+    source: str = "austen",
+    title: str | None = None,
 ) -> list[Fact]:
     """Write the PDF and `<path>.facts.json`; return the facts with their pages."""
     path = Path(path)
@@ -364,8 +413,8 @@ def make_long_pdf(
         for f, pos in zip(placement_order(), positions, strict=False)
     ]
     for attempt in range(5):
-        blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed + attempt)
-        write_pdf(blocks, path, title)
+        blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed + attempt, source=source)
+        write_pdf(blocks, path, title or TITLES[source])
         try:
             locate_facts(path, facts)
             break
@@ -376,6 +425,7 @@ def make_long_pdf(
         "pdf": path.name,
         "target_tokens": tokens,
         "seed": seed,
+        "source": source,
         "facts": [asdict(f) for f in facts],
     }
     path.with_suffix(".facts.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -393,12 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated fractions where the facts go, e.g. 0.1,0.5,0.9",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="picks the chapter the novel starts from (0: chapter 1)")
+    ap.add_argument("--source", choices=SOURCES, default="austen", help="the prose the facts are placed in")
     args = ap.parse_args(argv)
     positions = [float(x) for x in args.positions.split(",")] if args.positions else None
     if positions is not None and len(positions) != args.facts:
         ap.error("--positions needs one fraction per fact")
-    facts = make_long_pdf(args.out, args.tokens, args.facts, positions, args.seed)
+    facts = make_long_pdf(args.out, args.tokens, args.facts, positions, args.seed, args.source)
     for f in facts:
         print(f"page {f.page:4d}  {f.sentence}")
     print(f"wrote {args.out} and {args.out.with_suffix('.facts.json')}")

@@ -260,7 +260,7 @@ def test_bundled_and_generated_samples() -> None:
     at.button(key="make_long").click()
     at.run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="sample").value.name == "chronicle-16k.pdf"
+    assert at.selectbox(key="sample").value.name == "pride-and-prejudice-16k.pdf"
     assert int(metrics(at)["Tokens"].replace(",", "")) > 14_000
     planted = [b.label for b in at.button if b.key and b.key.startswith("fact-")]
     assert len(planted) == 3 and all("answer on page" in label for label in planted)

@@ -44,7 +44,7 @@ class Book:
 
 @pytest.fixture(scope="module")
 def book(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Book:
-    path = tmp_path_factory.mktemp("e2e") / "chronicle.pdf"
+    path = tmp_path_factory.mktemp("e2e") / "book.pdf"
     facts = make_long_pdf(path, tokens=17_000, n_facts=3, positions=[0.1, 0.5, 0.9])
     pdf = read_pdf(path)
     n_tokens = engine.count_tokens(pdf.text)
@@ -59,11 +59,14 @@ def _record(book: Book, fact: Fact, answer: str, engine: Any) -> None:
     assert trace.prompt_tokens > book.n_tokens and trace.num_chunks * trace.chunk_size >= trace.prompt_tokens
     hits = book.pdf.pages_for_trace(trace, k=3, baseline=book.baseline)
     ranked = [hit.page.number for hit in hits]
-    print(f"   pages read more than for the neutral question: {ranked} (fact on page {fact.page})")
+    # The most read chunk may run across a page break: it counts for every page it touches.
+    first = [hit.page.number for hit in hits if hits[0].chunks[0] in hit.chunks] if hits else []
+    print(f"   pages read more than for the neutral question: {ranked}, the first chunk's {first} "
+          f"(fact on page {fact.page})")
     book.checked += 1
     if fact.answer.lower() not in answer.lower():
         book.misses.append(f"asked {fact.question!r}, got {answer!r}")
-    if not ranked or ranked[0] != fact.page:
+    if fact.page not in first:
         book.misses.append(f"heads read pages {ranked} most; the fact is on {fact.page}")
 
 
@@ -114,13 +117,11 @@ def test_llamaindex_answers_from_beginning_middle_and_end(book: Book, engine: An
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known gap (docs/selection.md, benchmarks/prose_grid.py): with the 135M model, facts inside ~17k "
-    "tokens of prose are answered for 23-28 of 48 questions with LongHeads (24-25 on CPU), against 39 of 48 when "
-    "the same books fit the model's window. On CPU this test's three facts' pages are read most in both "
-    "integrations, by half the heads or more at every answer step, and the cake is answered; the key and the "
-    "ferry are not (the unmodified model answers both from window-sized excerpts of the same book, and gets the "
-    "key wrong too when it reads, as plain text, exactly the chunks LongHeads selected); passkeys at 16k-1M are "
-    "found",
+    reason="known gap (docs/selection.md, session 8): on this book both integrations answer the key and the cake, "
+    "and the heads' first page is every fact's page, but the 135M model does not answer the ferry (0.9 of the "
+    "way in), though its chunk is read by 60% of the heads; the unmodified model answers it from any "
+    "window-sized excerpt that holds it. Over 16 books of the same novel LongHeads answers 41 of 48 questions "
+    "at 17k tokens, against 46 of 48 when the books fit the model's window",
 )
 def test_facts_found_on_their_pages(book: Book) -> None:
     assert book.checked == 2 * len(book.facts), "run with the two integration tests above"

@@ -138,7 +138,7 @@ def test_query_engine_sends_the_whole_document_in_one_call(
     llm: LongHeads, engine: Any, llm_calls: list, tmp_path: Path
 ) -> None:
     # Over twice LlamaIndex's default chunk of 1024 tokens: its usual pipeline would split it.
-    path = tmp_path / "chronicle.pdf"
+    path = tmp_path / "book.pdf"
     (fact,) = make_long_pdf(path, tokens=2400, n_facts=1, positions=[0.5])
     pdf = read_pdf(path)
     assert engine.count_tokens(pdf.text) > 2 * 1024

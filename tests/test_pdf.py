@@ -90,6 +90,39 @@ def test_page_map_from_offsets_and_spans() -> None:
     assert doc.page_for_span(len(doc.text) + 10, len(doc.text) + 20) is None
 
 
+class _ChunkTrace:
+    """Just what pages_for_trace reads of a SelectionTrace: chunk spans in the prompt and their ranking."""
+
+    def __init__(self, prompt_text: str, spans: list[tuple[int, int]], ranked: list[int]) -> None:
+        self.prompt_text, self.chunk_char_spans, self.ranked = prompt_text, spans, ranked
+
+    def chunk_counts(self):
+        import torch
+
+        counts = torch.zeros(len(self.chunk_char_spans), dtype=torch.long)
+        for i, c in enumerate(self.ranked):
+            counts[c] = 100 - i
+        return counts
+
+    def top_chunks(self, k: int, baseline=None) -> list[int]:
+        return self.ranked[:k]
+
+
+def test_pages_for_trace_credits_every_page_a_chunk_touches() -> None:
+    doc = read_pdf(SAMPLE)
+    prompt = "Read this.\n" + doc.text + "\nQuestion?"
+    base = len("Read this.\n")
+    # Chunk 0 runs across the break between pages 2 and 3 with most of it on page 2; chunk 1 is inside page 4.
+    boundary = doc.pages[2].start
+    inside = base + doc.pages[3].start
+    spans = [(base + boundary - 300, base + boundary + 20), (inside + 5, inside + 90)]
+    hits = doc.pages_for_trace(_ChunkTrace(prompt, spans, [0, 1]))
+    assert [h.page.number for h in hits] == [2, 3, 4]
+    assert [h.chunks for h in hits] == [(0,), (0,), (1,)]
+    assert [h.count for h in hits] == [100, 100, 99]
+    assert [h.page.number for h in doc.pages_for_trace(_ChunkTrace(prompt, spans, [1, 0]), k=2)] == [4, 2]
+
+
 def test_locate_document_inside_a_prompt() -> None:
     doc = read_pdf(SAMPLE)
     prompt = "<|im_start|>user\n" + doc.text + "\n\nQuestion: who was Henry Hall?<|im_end|>"
@@ -226,6 +259,18 @@ def test_every_pdf_error_is_a_longheads_error() -> None:
 
 
 # --- the long sample ---------------------------------------------------------------------------------------
+
+
+def test_long_sample_is_the_novel_from_the_chapter_the_seed_picks(tmp_path: Path) -> None:
+    from make_long_pdf import compose
+
+    first = compose(3000, [], seed=0)
+    assert first[0] == ("h", "Chapter 1")
+    assert first[1][1].startswith("It is a truth universally acknowledged, that a single man in possession")
+    other = compose(3000, [], seed=5)
+    assert other[0][0] == "h" and other[0] != first[0]
+    with pytest.raises(ValueError, match="source must be one of"):
+        compose(3000, [], source="poetry")
 
 
 def test_long_pdf_loads_in_seconds_and_facts_sit_on_their_pages(tmp_path: Path) -> None:
