@@ -167,12 +167,6 @@ class PDFDocument:
             )
         return at
 
-    def chunk_pages(self, trace: _Trace) -> list[PDFPage | None]:
-        """The page of every chunk of a selection trace (None for chunks outside the document, such as the
-        chat template or the question)."""
-        base = self.locate(trace.prompt_text)
-        return [self.page_for_span(s - base, e - base) for s, e in trace.chunk_char_spans]
-
     def pages_for_trace(self, trace: _Trace, k: int = 3, baseline: _Trace | None = None) -> list[PageHit]:
         """The `k` pages the model's heads chose to read while answering, best first.
 
