@@ -2,7 +2,7 @@
 
     python samples/ask_pdf_langchain.py samples/eddystone.pdf "How old was the keeper Henry Hall?"
     python samples/make_long_pdf.py out/long.pdf && \\
-        python samples/ask_pdf_langchain.py out/long.pdf "What is the name of the harbour master's parrot?"
+        python samples/ask_pdf_langchain.py out/long.pdf "Where is the key to the old observatory hidden?"
 
 The whole text goes into every prompt. It comes before the question, so the second question about the
 same PDF reuses the engine's encoding of it and starts in a fraction of the time.
