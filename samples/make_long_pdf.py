@@ -16,6 +16,7 @@ the written PDF back, not from where the writer thought it put it.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import random
@@ -290,15 +291,17 @@ def compose(n_chars: int, facts: list[Fact], seed: int = 0, source: str = "auste
     return _chronicle(n_chars, facts, seed)
 
 
-def novel_blocks() -> list[tuple[str, str]]:
-    """The novel as ("h", "Chapter N") / ("p", paragraph) blocks; its lines are wrapped at ~70 characters."""
+@functools.cache
+def novel_blocks() -> tuple[tuple[str, str], ...]:
+    """The novel as ("h", "Chapter N") / ("p", paragraph) blocks; its lines are wrapped at ~70 characters.
+    Read once per process: a benchmark composes a book per seed, and make_long_pdf retries on bad page breaks."""
     text = gzip.decompress(NOVEL.read_bytes()).decode("ascii")
     blocks = []
     for para in re.split(r"\n\s*\n", text):
         para = " ".join(para.split())
         if para:
             blocks.append(("h" if re.fullmatch(r"Chapter \d+", para) else "p", para))
-    return blocks
+    return tuple(blocks)
 
 
 def _novel(n_chars: int, facts: list[Fact], seed: int) -> list[tuple[str, str]]:
