@@ -179,9 +179,9 @@ class PDFDocument:
         (`SelectionTrace.top_chunks`).
         """
         counts = [int(c) for c in trace.chunk_counts().tolist()]
-        if baseline is not None and self.locate(baseline.prompt_text) != self.locate(trace.prompt_text):
-            raise ValueError("the baseline's prompt does not hold this document at the same place")
         base = self.locate(trace.prompt_text)
+        if baseline is not None and self.locate(baseline.prompt_text) != base:
+            raise ValueError("the baseline's prompt does not hold this document at the same place")
         hits: dict[int, list[int]] = {}  # page index -> its chunks, in the order pages were first hit
         for chunk in trace.top_chunks(len(counts), baseline=baseline):
             if chunk >= len(trace.chunk_char_spans):
