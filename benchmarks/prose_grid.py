@@ -59,14 +59,15 @@ def main() -> None:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--tokens", type=int, default=17000)
     ap.add_argument("--books", type=int, default=8)
+    ap.add_argument("--first-book", type=int, default=0, help="seed of the first book")
     ap.add_argument("--source", choices=SOURCES, default="austen")
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--out", default="prose_grid.json")
     args = ap.parse_args()
 
     base = longheads.load(args.model, device=args.device, dtype=args.dtype)
-    books = [make_book(args.tokens, seed, args.source) for seed in range(args.books)]
-    report = {"model": base.model_name, "tokens": args.tokens, "source": args.source,
+    books = [make_book(args.tokens, seed, args.source) for seed in range(args.first_book, args.first_book + args.books)]
+    report = {"model": base.model_name, "tokens": args.tokens, "source": args.source, "first_book": args.first_book,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "variants": []}
     for spec in args.variant or ["default:"]:
         name, fields = parse_variant(spec)
