@@ -30,12 +30,19 @@ from make_long_pdf import CHARS_PER_TOKEN, FACTS, SOURCES, Fact, compose  # noqa
 
 
 def make_book(tokens: int, seed: int, source: str) -> tuple[str, list[Fact]]:
+    facts = book_facts(seed)
+    return compose_text(tokens, facts, seed, source), facts
+
+
+def book_facts(seed: int) -> list[Fact]:
     rng = random.Random(seed)
     chosen = rng.sample(FACTS, 3)
     depths = sorted(rng.uniform(0.06, 0.94) for _ in chosen)
-    facts = [Fact(f.sentence, f.question, f.answer, position=d) for f, d in zip(chosen, depths, strict=True)]
-    blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed, source=source)
-    return "\n\n".join(text for _, text in blocks), facts
+    return [Fact(f.sentence, f.question, f.answer, position=d) for f, d in zip(chosen, depths, strict=True)]
+
+
+def compose_text(tokens: int, facts: list[Fact], seed: int, source: str) -> str:
+    return "\n\n".join(text for _, text in compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed, source=source))
 
 
 def ask(lh: LongHeadsModel, text: str, fact: Fact) -> dict:
@@ -62,12 +69,20 @@ def main() -> None:
     ap.add_argument("--first-book", type=int, default=0, help="seed of the first book")
     ap.add_argument("--source", choices=SOURCES, default="austen")
     ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--one-fact", action="store_true",
+                    help="ask each fact in a book of its own: the same text with only that fact added")
     ap.add_argument("--out", default="prose_grid.json")
     args = ap.parse_args()
 
     base = longheads.load(args.model, device=args.device, dtype=args.dtype)
-    books = [make_book(args.tokens, seed, args.source) for seed in range(args.first_book, args.first_book + args.books)]
+    seeds = range(args.first_book, args.first_book + args.books)
+    if args.one_fact:
+        books = [(compose_text(args.tokens, [fact], seed, args.source), [fact]) for seed in seeds
+                 for fact in book_facts(seed)]
+    else:
+        books = [make_book(args.tokens, seed, args.source) for seed in seeds]
     report = {"model": base.model_name, "tokens": args.tokens, "source": args.source, "first_book": args.first_book,
+              "one_fact": args.one_fact,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "variants": []}
     for spec in args.variant or ["default:"]:
         name, fields = parse_variant(spec)
