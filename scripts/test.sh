@@ -9,6 +9,13 @@ bash scripts/setup.sh || exit 1
 if ! python -c "import triton" 2>/dev/null; then
   python -m pip install -q triton==3.6.0 "numpy<2.3" 2>&1 | grep -v '^WARNING: Location' || true
 fi
+# The app's browser tests drive Debian's Chromium through Playwright (never Playwright's own browser
+# download). Installed where we may (root with apt-get, as on CI); elsewhere those tests skip and say why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    >/dev/null 2>&1 || echo "could not install chromium: the browser tests will skip"
+fi
 ruff check . || exit 1
 python -m pytest -q -ra "$@"
 rc=$?
