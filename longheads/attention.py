@@ -26,6 +26,7 @@ from .selection import (
     score_maxlogit,
     score_rows,
     selection_rows,
+    top_indices,
 )
 
 
@@ -188,7 +189,7 @@ def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, 
     previous = getattr(layer, "votes", None)
     layer.vote_tokens = 1 if previous is None else layer.vote_tokens + 1
     if vote == "rank":
-        own = torch.zeros_like(scores).scatter_(1, scores.topk(min(k, scores.shape[1]), dim=1).indices, 1.0)
+        own = torch.zeros_like(scores).scatter_(1, top_indices(scores, min(k, scores.shape[1])), 1.0)
         ballot = own.clone()
         if previous is not None:
             ballot[:, : previous.shape[1]] += previous

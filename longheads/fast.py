@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .selection import CONSENSUS_WEIGHT, Rows
+from .selection import CONSENSUS_WEIGHT, Rows, top_indices
 
 
 def supports(chunk_size: int, head_dim: int) -> bool:
@@ -56,7 +56,7 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     if previous is not None:
         base[:, : previous.shape[1]] = previous[:, :n_chunks]
     if vote == "rank":
-        top = raw.topk(min(k, n_chunks), dim=-1).indices
+        top = top_indices(raw, min(k, n_chunks))
         own = torch.zeros_like(raw).scatter_(2, top, 1.0)
         ballots = own.cumsum(1) + base[:, None]
         last = ballots[:, -1]
@@ -101,7 +101,7 @@ def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
     cand = torch.where(candidate, scores, float("-inf"))
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
-    top = cand.topk(cfg.selected_chunks, dim=-1).indices
+    top = top_indices(cand, cfg.selected_chunks)
     return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
 
 

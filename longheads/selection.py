@@ -138,6 +138,18 @@ def score_maxlogit(query: torch.Tensor, keys: torch.Tensor, n_chunks: int, chunk
     return scores[:, 0] if single else scores
 
 
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k best scores along the last dimension; among equal scores, the later chunk first.
+
+    Equal scores are common in the first layer, where a key depends on its token alone: every chunk holding
+    the token that matches a query best gets the same best logit (docs/selection.md, session 12). `topk`
+    breaks such ties its own way on each device and tensor shape, so the two paths read different chunks;
+    a stable sort makes the choice part of the method, and prefers the text nearer the query."""
+    n = scores.shape[-1]
+    order = scores.flip(-1).sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return n - 1 - order
+
+
 def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int) -> torch.Tensor:
     """Chunk ids [heads, slots-1] in ascending order for queries whose current chunk is `current`.
 
@@ -153,6 +165,6 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
     if config.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, -1).sum(dim=1).repeat_interleave(groups, dim=0)
     k = min(k, hi - lo)
-    top = cand.topk(k, dim=-1).indices + lo
+    top = top_indices(cand, k) + lo
     chosen = torch.cat([fixed.expand(heads, -1), top], dim=-1)
     return chosen.sort(dim=-1).values
