@@ -17,6 +17,7 @@ from longheads.selection import (
     score_maxlogit,
     score_rows,
     selection_rows,
+    top_indices,
 )
 
 
@@ -45,6 +46,16 @@ def test_choose_picks_the_best_scoring_chunks():
     best = [4, 11, 17, 22, 25]
     scores[0, best] = 5.0
     assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
+
+
+def test_ties_go_to_the_later_chunk():
+    # In layer 0 a key depends on its token alone, so chunks often tie exactly; the order must not be topk's.
+    config = cfg()
+    scores = torch.zeros(2, 30)
+    scores[:, [3, 12]] = 1.0  # two clear winners, then 25 tied candidates
+    assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == [0, 3, 12, 26, 27, 28, 29]
+    tied = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0, 3.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]])
+    assert top_indices(tied, 3).tolist() == [[5, 3, 2], [5, 4, 3]]
 
 
 def test_maxlogit_finds_the_chunk_holding_the_matching_key():
