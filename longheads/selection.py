@@ -143,8 +143,9 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
 
     Equal scores are common in the first layer, where a key depends on its token alone: every chunk holding
     the token that matches a query best gets the same best logit (docs/selection.md, session 12). `topk`
-    breaks such ties its own way on each device and tensor shape, so the two paths read different chunks;
-    a stable sort makes the choice part of the method, and prefers the text nearer the query."""
+    breaks such ties its own way on each device and tensor shape; a stable sort makes the choice part of the
+    method, and prefers the text nearer the query. It settles exact ties only: the two paths' scores can
+    differ in the last bits, so a tie in one can still be a near-tie, split the other way, in the other."""
     n = scores.shape[-1]
     order = scores.flip(-1).sort(dim=-1, descending=True, stable=True).indices[..., :k]
     return n - 1 - order
