@@ -30,6 +30,10 @@ class LongHeadsConfig:
     attention_length: int | None = None
     sink_chunks: int = 1
     recent_chunks: int = 1
+    # While the document is encoded, each query block always reads this many complete chunks before its own,
+    # and selects fewer (the slots stay the same); the question's and answer's tokens keep recent_chunks.
+    # None: recent_chunks.
+    block_recent_chunks: int | None = None
     # How chunks are scored against a query: "maxlogit" (best single-key match, RoPE-consistent)
     # or "paper" (the paper's attention-pooled chunk representation).
     selection: str = "maxlogit"
@@ -79,7 +83,8 @@ class LongHeadsConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
-                          "backend", "votes_per_token", "vote_scope", "compile_layers", "prefill_piece"):
+                          "backend", "votes_per_token", "vote_scope", "compile_layers", "prefill_piece",
+                          "block_recent_chunks"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -98,6 +103,8 @@ class LongHeadsConfig:
         need(self.prefill_piece is None or (optional_int(self.prefill_piece, self.chunk_size)
                                             and self.prefill_piece % self.chunk_size == 0),
              "prefill_piece", f"it must be None or a positive multiple of chunk_size ({self.chunk_size})")
+        need(optional_int(self.block_recent_chunks, self.recent_chunks), "block_recent_chunks",
+             f"it must be None or an integer >= recent_chunks ({self.recent_chunks})")
         if self.attention_length is not None:
             self.check_attention_length(None)
         need(self.max_context >= self.chunk_size, "max_context", f"it must be at least chunk_size ({self.chunk_size})")
@@ -120,6 +127,11 @@ class LongHeadsConfig:
         return self.slots - self.sink_chunks - self.recent_chunks - 1
 
     @property
+    def block_extra_chunks(self) -> int:
+        """Chunks before the recent ones that a document block reads instead of selecting them."""
+        return 0 if self.block_recent_chunks is None else self.block_recent_chunks - self.recent_chunks
+
+    @property
     def ballot_size(self) -> int:
         """Chunks each question token votes for (rank votes)."""
         return min(self.votes_per_token or self.selected_chunks, self.selected_chunks)
@@ -136,6 +148,11 @@ class LongHeadsConfig:
             raise ConfigError(
                 f"LongHeadsConfig.attention_length={n} is invalid: it must hold at least {fixed + 1} chunks of "
                 f"{self.chunk_size} tokens (sink, recent and current chunks plus one selected chunk)."
+            )
+        if self.block_extra_chunks > n // self.chunk_size - fixed:
+            raise ConfigError(
+                f"LongHeadsConfig.block_recent_chunks={self.block_recent_chunks} is invalid: with the sink and "
+                f"current chunks it must fit in the {n // self.chunk_size} chunks of attention_length={n}."
             )
         if pretrained_length is not None and n > pretrained_length:
             raise ConfigError(

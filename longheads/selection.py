@@ -151,11 +151,13 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return n - 1 - order
 
 
-def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int) -> torch.Tensor:
+def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int,
+                  block: bool = False) -> torch.Tensor:
     """Chunk ids [heads, slots-1] in ascending order for queries whose current chunk is `current`.
 
     scores: [heads, current] for complete chunks 0..current-1. The first `sink_chunks` and the last
-    `recent_chunks` complete chunks are always kept; the best of the rest fill the remaining slots.
+    `recent_chunks` complete chunks are always kept; the best of the rest fill the remaining slots. A
+    document `block` also keeps the `block_extra_chunks` before its recent ones, in place of selected ones.
     """
     heads = scores.shape[0]
     sink, recent, k = config.sink_chunks, config.recent_chunks, config.selected_chunks
@@ -163,6 +165,10 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
     device = scores.device
     fixed = torch.cat([torch.arange(sink, device=device), torch.arange(hi, current, device=device)])
     cand = scores[:, lo:hi]
+    extra = min(config.block_extra_chunks if block else 0, hi - lo)
+    if extra:
+        cand = cand.clone()
+        cand[:, hi - lo - extra :] = torch.inf
     if config.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, -1).sum(dim=1).repeat_interleave(groups, dim=0)
     k = min(k, hi - lo)

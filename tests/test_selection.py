@@ -48,6 +48,25 @@ def test_choose_picks_the_best_scoring_chunks():
     assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
 
 
+def test_document_blocks_keep_their_extra_recent_chunks():
+    config = cfg(block_recent_chunks=3)  # 2 extra recent chunks for blocks, 3 of 5 still selected
+    scores = torch.zeros(1, 30)
+    best = [4, 11, 17, 22, 25]
+    scores[0, best] = 5.0
+    assert choose_chunks(scores, 30, config, groups=1, block=True)[0].tolist() == [0, 17, 22, 25, 27, 28, 29]
+    # The question's tokens (not blocks) select as without the setting.
+    assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
+    # Near the start there are fewer candidates than extra chunks: they are all read, nothing repeats.
+    assert choose_chunks(scores[:, :4], 4, config, groups=1, block=True)[0].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("fields", [dict(block_recent_chunks=0, recent_chunks=1), dict(block_recent_chunks=7),
+                                    dict(block_recent_chunks=1.5)])
+def test_bad_block_recent_chunks_are_refused(fields):
+    with pytest.raises(ConfigError, match="block_recent_chunks"):
+        cfg(**fields)
+
+
 def test_ties_go_to_the_later_chunk():
     # In layer 0 a key depends on its token alone, so chunks often tie exactly; the order must not be topk's.
     config = cfg()
