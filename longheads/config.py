@@ -13,6 +13,7 @@ VOTES = ("none", "max", "mass", "rank")
 VOTE_SCOPES = ("head", "layer", "model")
 GRANULARITIES = ("head", "kv_group")
 BACKENDS = ("auto", "triton", "reference")
+LAYOUTS = ("document", "score")
 
 
 @dataclass
@@ -53,6 +54,10 @@ class LongHeadsConfig:
     # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer"). "model"
     # finds facts in long prose more often the longer the document (docs/selection.md, session 8).
     vote_scope: str = "model"
+    # Where the question's and answer's tokens read their selected chunks: "document" (the paper: in document
+    # order) or "score" (the best-scoring chunk last, next to the recent chunk and the question, as attention
+    # sorting does for retrieved passages). Document blocks always read theirs in document order.
+    question_layout: str = "document"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
@@ -84,7 +89,7 @@ class LongHeadsConfig:
             value = getattr(self, f.name)
             if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
                           "backend", "votes_per_token", "vote_scope", "compile_layers", "prefill_piece",
-                          "block_recent_chunks"):
+                          "block_recent_chunks", "question_layout"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -95,6 +100,7 @@ class LongHeadsConfig:
         need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
         need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
         need(self.vote_scope in VOTE_SCOPES, "vote_scope", f"choose one of {VOTE_SCOPES}")
+        need(self.question_layout in LAYOUTS, "question_layout", f"choose one of {LAYOUTS}")
         need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
         need(optional_int(self.score_distance, 0), "score_distance", "it must be None or an integer >= 0")
         need(optional_int(self.votes_per_token, 1), "votes_per_token", "it must be None or an integer >= 1")

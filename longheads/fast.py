@@ -93,7 +93,8 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
 
 
 def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
-    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1]."""
+    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1] (rows
+    from n_blocks on are the question's tokens)."""
     heads, n_rows, n_chunks = scores.shape
     device = scores.device
     # The masks and the always-kept chunks depend on the rows only: made once per call, for every layer.
@@ -104,7 +105,13 @@ def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
     top = top_indices(cand, cfg.selected_chunks)
-    return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
+    fixed = fixed.expand(heads, -1, -1)
+    chosen = torch.cat([fixed, top], -1).sort(-1).values
+    if cfg.question_layout == "score" and rows.n_blocks < n_rows:
+        sink = cfg.sink_chunks
+        scored = torch.cat([fixed[..., :sink], top.flip(-1), fixed[..., sink:]], -1)
+        chosen[:, rows.n_blocks :] = scored[:, rows.n_blocks :]
+    return chosen
 
 
 def _layout(rows: Rows, cfg, n_chunks: int, device: torch.device, name: str) -> torch.Tensor:

@@ -153,11 +153,13 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int,
                   block: bool = False) -> torch.Tensor:
-    """Chunk ids [heads, slots-1] in ascending order for queries whose current chunk is `current`.
+    """Chunk ids [heads, slots-1], in the order a head reads them, for queries whose current chunk is `current`.
 
     scores: [heads, current] for complete chunks 0..current-1. The first `sink_chunks` and the last
     `recent_chunks` complete chunks are always kept; the best of the rest fill the remaining slots. A
     document `block` also keeps the `block_extra_chunks` before its recent ones, in place of selected ones.
+    The order is ascending, except for the question's tokens (not a `block`) with
+    `question_layout="score"`: sink, then the selected chunks from the lowest score to the best, then recent.
     """
     heads = scores.shape[0]
     sink, recent, k = config.sink_chunks, config.recent_chunks, config.selected_chunks
@@ -173,5 +175,7 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
         cand = cand.view(heads // groups, groups, -1).sum(dim=1).repeat_interleave(groups, dim=0)
     k = min(k, hi - lo)
     top = top_indices(cand, k) + lo
-    chosen = torch.cat([fixed.expand(heads, -1), top], dim=-1)
-    return chosen.sort(dim=-1).values
+    fixed = fixed.expand(heads, -1)
+    if config.question_layout == "score" and not block:
+        return torch.cat([fixed[:, :sink], top.flip(-1), fixed[:, sink:]], dim=-1)
+    return torch.cat([fixed, top], dim=-1).sort(dim=-1).values

@@ -47,9 +47,11 @@ def test_kernels_match_reference_in_interpreter(granularity, pointers):
 
 
 @pytest.mark.skipif(not _interpreter_works(), reason="Triton's CPU interpreter needs numpy < 2.3")
-def test_block_recent_chunks_match_reference_in_interpreter():
-    # Document blocks keep more recent chunks than the question's tokens: both paths force the same ones.
-    r = _check("cpu", "float32", "kv_group", 32, 300, interpret=True, mode="blocks")
+@pytest.mark.parametrize("mode", ["blocks", "layout"], ids=["block_recent_chunks", "question_layout"])
+def test_row_layouts_match_reference_in_interpreter(mode):
+    # Document blocks that keep more recent chunks than the question's tokens, and question tokens that read
+    # their chunks by score: both paths must read the same chunks in the same order.
+    r = _check("cpu", "float32", "kv_group", 32, 300, interpret=True, mode=mode)
     assert r["selection_rows_equal"] == r["selection_rows"], r
     assert r["max_abs_diff"] < 1e-5, r
 

@@ -60,10 +60,19 @@ def test_document_blocks_keep_their_extra_recent_chunks():
     assert choose_chunks(scores[:, :4], 4, config, groups=1, block=True)[0].tolist() == [0, 1, 2, 3]
 
 
+def test_question_layout_by_score_puts_the_best_chunk_next_to_the_recent_one():
+    config = cfg(question_layout="score", recent_chunks=2)  # 4 selected
+    scores = torch.zeros(1, 30)
+    scores[0, [4, 11, 17, 22]] = torch.tensor([3.0, 9.0, 1.0, 5.0])
+    assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == [0, 17, 4, 22, 11, 28, 29]
+    # Document blocks read in document order.
+    assert choose_chunks(scores, 30, config, groups=1, block=True)[0].tolist() == [0, 4, 11, 17, 22, 28, 29]
+
+
 @pytest.mark.parametrize("fields", [dict(block_recent_chunks=0, recent_chunks=1), dict(block_recent_chunks=7),
-                                    dict(block_recent_chunks=1.5)])
-def test_bad_block_recent_chunks_are_refused(fields):
-    with pytest.raises(ConfigError, match="block_recent_chunks"):
+                                    dict(block_recent_chunks=1.5), dict(question_layout="best")])
+def test_bad_row_layouts_are_refused(fields):
+    with pytest.raises(ConfigError, match=next(iter(fields))):
         cfg(**fields)
 
 
