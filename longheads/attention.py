@@ -106,7 +106,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         row = scores[:, r, :current]
         if r >= rows.n_blocks and cfg.vote != "none":
             row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope, state)
-        chunks = choose_chunks(row, current, cfg, groups, block=r < rows.n_blocks).to(device)
+        chunks = choose_chunks(row, current, cfg, groups).to(device)
         q_row = query[:, a - start : b - start].float()
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_row, a, chunks, scaling)
     layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)

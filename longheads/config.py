@@ -13,7 +13,6 @@ VOTES = ("none", "max", "mass", "rank")
 VOTE_SCOPES = ("head", "layer", "model")
 GRANULARITIES = ("head", "kv_group")
 BACKENDS = ("auto", "triton", "reference")
-LAYOUTS = ("document", "score")
 
 
 @dataclass
@@ -31,10 +30,6 @@ class LongHeadsConfig:
     attention_length: int | None = None
     sink_chunks: int = 1
     recent_chunks: int = 1
-    # While the document is encoded, each query block always reads this many complete chunks before its own,
-    # and selects fewer (the slots stay the same); the question's and answer's tokens keep recent_chunks.
-    # None: recent_chunks.
-    block_recent_chunks: int | None = None
     # How chunks are scored against a query: "maxlogit" (best single-key match, RoPE-consistent)
     # or "paper" (the paper's attention-pooled chunk representation).
     selection: str = "maxlogit"
@@ -54,10 +49,6 @@ class LongHeadsConfig:
     # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer"). "model"
     # finds facts in long prose more often the longer the document (docs/selection.md, session 8).
     vote_scope: str = "model"
-    # Where the question's and answer's tokens read their selected chunks: "document" (the paper: in document
-    # order) or "score" (the best-scoring chunk last, next to the recent chunk and the question, as attention
-    # sorting does for retrieved passages). Document blocks always read theirs in document order.
-    question_layout: str = "document"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
@@ -88,8 +79,7 @@ class LongHeadsConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
-                          "backend", "votes_per_token", "vote_scope", "compile_layers", "prefill_piece",
-                          "block_recent_chunks", "question_layout"):
+                          "backend", "votes_per_token", "vote_scope", "compile_layers", "prefill_piece"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -100,7 +90,6 @@ class LongHeadsConfig:
         need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
         need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
         need(self.vote_scope in VOTE_SCOPES, "vote_scope", f"choose one of {VOTE_SCOPES}")
-        need(self.question_layout in LAYOUTS, "question_layout", f"choose one of {LAYOUTS}")
         need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
         need(optional_int(self.score_distance, 0), "score_distance", "it must be None or an integer >= 0")
         need(optional_int(self.votes_per_token, 1), "votes_per_token", "it must be None or an integer >= 1")
@@ -109,8 +98,6 @@ class LongHeadsConfig:
         need(self.prefill_piece is None or (optional_int(self.prefill_piece, self.chunk_size)
                                             and self.prefill_piece % self.chunk_size == 0),
              "prefill_piece", f"it must be None or a positive multiple of chunk_size ({self.chunk_size})")
-        need(optional_int(self.block_recent_chunks, self.recent_chunks), "block_recent_chunks",
-             f"it must be None or an integer >= recent_chunks ({self.recent_chunks})")
         if self.attention_length is not None:
             self.check_attention_length(None)
         need(self.max_context >= self.chunk_size, "max_context", f"it must be at least chunk_size ({self.chunk_size})")
@@ -133,11 +120,6 @@ class LongHeadsConfig:
         return self.slots - self.sink_chunks - self.recent_chunks - 1
 
     @property
-    def block_extra_chunks(self) -> int:
-        """Chunks before the recent ones that a document block reads instead of selecting them."""
-        return 0 if self.block_recent_chunks is None else self.block_recent_chunks - self.recent_chunks
-
-    @property
     def ballot_size(self) -> int:
         """Chunks each question token votes for (rank votes)."""
         return min(self.votes_per_token or self.selected_chunks, self.selected_chunks)
@@ -154,11 +136,6 @@ class LongHeadsConfig:
             raise ConfigError(
                 f"LongHeadsConfig.attention_length={n} is invalid: it must hold at least {fixed + 1} chunks of "
                 f"{self.chunk_size} tokens (sink, recent and current chunks plus one selected chunk)."
-            )
-        if self.block_extra_chunks > n // self.chunk_size - fixed:
-            raise ConfigError(
-                f"LongHeadsConfig.block_recent_chunks={self.block_recent_chunks} is invalid: with the sink and "
-                f"current chunks it must fit in the {n // self.chunk_size} chunks of attention_length={n}."
             )
         if pretrained_length is not None and n > pretrained_length:
             raise ConfigError(

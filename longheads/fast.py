@@ -93,25 +93,16 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
 
 
 def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
-    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1] (rows
-    from n_blocks on are the question's tokens)."""
+    """`selection.choose_chunks` for many rows: scores [heads, R, C] -> chunk ids [heads, R, slots-1]."""
     heads, n_rows, n_chunks = scores.shape
     device = scores.device
     # The masks and the always-kept chunks depend on the rows only: made once per call, for every layer.
     candidate, fixed = (_layout(rows, cfg, n_chunks, device, name) for name in ("candidate", "fixed"))
     cand = torch.where(candidate, scores, float("-inf"))
-    if cfg.block_extra_chunks:
-        cand = torch.where(_layout(rows, cfg, n_chunks, device, "forced"), torch.inf, cand)
     if cfg.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
     top = top_indices(cand, cfg.selected_chunks)
-    fixed = fixed.expand(heads, -1, -1)
-    chosen = torch.cat([fixed, top], -1).sort(-1).values
-    if cfg.question_layout == "score" and rows.n_blocks < n_rows:
-        sink = cfg.sink_chunks
-        scored = torch.cat([fixed[..., :sink], top.flip(-1), fixed[..., sink:]], -1)
-        chosen[:, rows.n_blocks :] = scored[:, rows.n_blocks :]
-    return chosen
+    return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
 
 
 def _layout(rows: Rows, cfg, n_chunks: int, device: torch.device, name: str) -> torch.Tensor:
@@ -120,16 +111,14 @@ def _layout(rows: Rows, cfg, n_chunks: int, device: torch.device, name: str) -> 
 
 
 def _row_layout(rows: Rows, cfg, n_chunks: int) -> dict[str, torch.Tensor]:
-    """On the CPU: which chunks each row may select (after the sink, before the recent ones), which of those
-    a document block must take (`block_extra_chunks`), and the ids of the chunks it always reads."""
+    """On the CPU: which chunks each row may select (after the sink, before the recent ones) and the ids of
+    the chunks it always reads."""
     current = rows.starts // cfg.chunk_size
     hi = (current - cfg.recent_chunks)[:, None]
     col = torch.arange(n_chunks)
     fixed = torch.cat([torch.arange(cfg.sink_chunks).expand(len(current), -1), hi + torch.arange(cfg.recent_chunks)], 1)
-    candidate = (col >= cfg.sink_chunks) & (col < hi)
-    block = (torch.arange(len(current)) < rows.n_blocks)[:, None]
-    forced = candidate & block & (col >= hi - cfg.block_extra_chunks)
-    return {"candidate": candidate, "forced": forced, "fixed": fixed, "valid": col < current[:, None]}
+    return {"candidate": (col >= cfg.sink_chunks) & (col < hi), "fixed": fixed,
+            "valid": col < current[:, None]}
 
 
 def _tiles(row_start: torch.Tensor, row_end: torch.Tensor, rows: torch.Tensor, start: int, w: int,

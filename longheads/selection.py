@@ -151,15 +151,11 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return n - 1 - order
 
 
-def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int,
-                  block: bool = False) -> torch.Tensor:
-    """Chunk ids [heads, slots-1], in the order a head reads them, for queries whose current chunk is `current`.
+def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, groups: int) -> torch.Tensor:
+    """Chunk ids [heads, slots-1] in ascending order for queries whose current chunk is `current`.
 
     scores: [heads, current] for complete chunks 0..current-1. The first `sink_chunks` and the last
-    `recent_chunks` complete chunks are always kept; the best of the rest fill the remaining slots. A
-    document `block` also keeps the `block_extra_chunks` before its recent ones, in place of selected ones.
-    The order is ascending, except for the question's tokens (not a `block`) with
-    `question_layout="score"`: sink, then the selected chunks from the lowest score to the best, then recent.
+    `recent_chunks` complete chunks are always kept; the best of the rest fill the remaining slots.
     """
     heads = scores.shape[0]
     sink, recent, k = config.sink_chunks, config.recent_chunks, config.selected_chunks
@@ -167,15 +163,9 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
     device = scores.device
     fixed = torch.cat([torch.arange(sink, device=device), torch.arange(hi, current, device=device)])
     cand = scores[:, lo:hi]
-    extra = min(config.block_extra_chunks if block else 0, hi - lo)
-    if extra:
-        cand = cand.clone()
-        cand[:, hi - lo - extra :] = torch.inf
     if config.granularity == "kv_group" and groups > 1:
         cand = cand.view(heads // groups, groups, -1).sum(dim=1).repeat_interleave(groups, dim=0)
     k = min(k, hi - lo)
     top = top_indices(cand, k) + lo
-    fixed = fixed.expand(heads, -1)
-    if config.question_layout == "score" and not block:
-        return torch.cat([fixed[:, :sink], top.flip(-1), fixed[:, sink:]], dim=-1)
-    return torch.cat([fixed, top], dim=-1).sort(dim=-1).values
+    chosen = torch.cat([fixed.expand(heads, -1), top], dim=-1)
+    return chosen.sort(dim=-1).values

@@ -1,13 +1,9 @@
 """Run a tiny model through the reference path and the Triton fast path and report how far apart they are.
 
-    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [MODE]
-
-MODE: offload, pointers, blocks, layout or VOTE[:SCOPE].
+    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload|pointers|VOTE[:SCOPE]]
 
 pointers: the attention kernel loads tiles through pointers, as before Hopper, even where it could use
-tensor descriptors (on Hopper, and in the interpreter). blocks: document blocks read more recent chunks
-(block_recent_chunks) than the question's tokens. layout: the question's tokens read their chunks by score
-(question_layout="score").
+tensor descriptors (on Hopper, and in the interpreter).
 
 Used by tests/test_fast_path.py in a subprocess, because Triton's CPU interpreter (TRITON_INTERPRET=1)
 must be switched on before triton is imported. Prints one JSON line.
@@ -56,10 +52,6 @@ def main() -> None:
                cpu_offload=extra == "offload")
     if extra == "pointers":
         kernels.tensor_memory_accelerator = lambda _device: False
-    elif extra == "blocks":
-        cfg["block_recent_chunks"] = 3
-    elif extra == "layout":
-        cfg["question_layout"] = "score"
     elif extra and extra != "offload":  # VOTE or VOTE:SCOPE
         cfg["vote"], _, scope = extra.partition(":")
         cfg["vote_scope"] = scope or "layer"

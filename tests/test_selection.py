@@ -48,34 +48,6 @@ def test_choose_picks_the_best_scoring_chunks():
     assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
 
 
-def test_document_blocks_keep_their_extra_recent_chunks():
-    config = cfg(block_recent_chunks=3)  # 2 extra recent chunks for blocks, 3 of 5 still selected
-    scores = torch.zeros(1, 30)
-    best = [4, 11, 17, 22, 25]
-    scores[0, best] = 5.0
-    assert choose_chunks(scores, 30, config, groups=1, block=True)[0].tolist() == [0, 17, 22, 25, 27, 28, 29]
-    # The question's tokens (not blocks) select as without the setting.
-    assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == sorted([0, 29] + best)
-    # Near the start there are fewer candidates than extra chunks: they are all read, nothing repeats.
-    assert choose_chunks(scores[:, :4], 4, config, groups=1, block=True)[0].tolist() == [0, 1, 2, 3]
-
-
-def test_question_layout_by_score_puts_the_best_chunk_next_to_the_recent_one():
-    config = cfg(question_layout="score", recent_chunks=2)  # 4 selected
-    scores = torch.zeros(1, 30)
-    scores[0, [4, 11, 17, 22]] = torch.tensor([3.0, 9.0, 1.0, 5.0])
-    assert choose_chunks(scores, 30, config, groups=1)[0].tolist() == [0, 17, 4, 22, 11, 28, 29]
-    # Document blocks read in document order.
-    assert choose_chunks(scores, 30, config, groups=1, block=True)[0].tolist() == [0, 4, 11, 17, 22, 28, 29]
-
-
-@pytest.mark.parametrize("fields", [dict(block_recent_chunks=0, recent_chunks=1), dict(block_recent_chunks=7),
-                                    dict(block_recent_chunks=1.5), dict(question_layout="best")])
-def test_bad_row_layouts_are_refused(fields):
-    with pytest.raises(ConfigError, match=next(iter(fields))):
-        cfg(**fields)
-
-
 def test_ties_go_to_the_later_chunk():
     # In layer 0 a key depends on its token alone, so chunks often tie exactly; the order must not be topk's.
     config = cfg()
