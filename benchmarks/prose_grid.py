@@ -8,6 +8,8 @@ Books come from samples/make_long_pdf.py (the end-to-end test's generator, text 
 three facts at random depths and is asked about each through the chat template, the document first, as the
 integrations ask. A fact counts as read when the chunk holding it is among the chunks the heads read most for
 the first answer token (the page map's view). Variants are NAME:key=value,... over LongHeadsConfig fields.
+`--facts e2e` puts tests/test_end_to_end.py's three facts at its depths (0.1, 0.5, 0.9) into every book
+instead, so the end-to-end test's design can be repeated over many books.
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ import longheads
 from longheads.engine import LongHeadsModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
-from make_long_pdf import CHARS_PER_TOKEN, FACTS, SOURCES, Fact, compose  # noqa: E402
+from make_long_pdf import CHARS_PER_TOKEN, FACTS, SOURCES, Fact, compose, placement_order  # noqa: E402
+
+# `--facts e2e`: tests/test_end_to_end.py's design (its three facts at these depths) in every book.
+E2E_POSITIONS = (0.1, 0.5, 0.9)
 
 
-def make_book(tokens: int, seed: int, source: str) -> tuple[str, list[Fact]]:
-    facts = book_facts(seed)
-    return compose_text(tokens, facts, seed, source), facts
+def make_book(tokens: int, seed: int, source: str, facts: str = "random") -> tuple[str, list[Fact]]:
+    chosen = book_facts(seed) if facts == "random" else e2e_facts()
+    return compose_text(tokens, chosen, seed, source), chosen
+
+
+def e2e_facts() -> list[Fact]:
+    return [Fact(f.sentence, f.question, f.answer, position=p)
+            for f, p in zip(placement_order(), E2E_POSITIONS, strict=False)]
 
 
 def book_facts(seed: int) -> list[Fact]:
@@ -69,6 +79,8 @@ def main() -> None:
     ap.add_argument("--first-book", type=int, default=0, help="seed of the first book")
     ap.add_argument("--source", choices=SOURCES, default="austen")
     ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--facts", choices=("random", "e2e"), default="random",
+                    help="three facts at random depths, or the end-to-end test's three at 0.1, 0.5 and 0.9")
     ap.add_argument("--one-fact", action="store_true",
                     help="ask each fact in a book of its own: the same text with only that fact added")
     ap.add_argument("--out", default="prose_grid.json")
@@ -80,9 +92,9 @@ def main() -> None:
         books = [(compose_text(args.tokens, [fact], seed, args.source), [fact]) for seed in seeds
                  for fact in book_facts(seed)]
     else:
-        books = [make_book(args.tokens, seed, args.source) for seed in seeds]
+        books = [make_book(args.tokens, seed, args.source, args.facts) for seed in seeds]
     report = {"model": base.model_name, "tokens": args.tokens, "source": args.source, "first_book": args.first_book,
-              "one_fact": args.one_fact,
+              "one_fact": args.one_fact, "facts": args.facts,
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "variants": []}
     for spec in args.variant or ["default:"]:
         name, fields = parse_variant(spec)
