@@ -85,6 +85,8 @@ def main() -> None:
                     help="ask each fact in a book of its own: the same text with only that fact added")
     ap.add_argument("--out", default="prose_grid.json")
     args = ap.parse_args()
+    if args.one_fact and args.facts == "e2e":
+        ap.error("--one-fact asks each book's random facts one at a time; it does not combine with --facts e2e")
 
     base = longheads.load(args.model, device=args.device, dtype=args.dtype)
     seeds = range(args.first_book, args.first_book + args.books)
