@@ -28,20 +28,20 @@ import longheads
 from longheads.engine import LongHeadsModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
-from make_long_pdf import CHARS_PER_TOKEN, FACTS, SOURCES, Fact, compose, placement_order  # noqa: E402
-
-# `--facts e2e`: tests/test_end_to_end.py's design (its three facts at these depths) in every book.
-E2E_POSITIONS = (0.1, 0.5, 0.9)
+from make_long_pdf import (  # noqa: E402
+    CHARS_PER_TOKEN,
+    END_TO_END_POSITIONS,
+    FACTS,
+    SOURCES,
+    Fact,
+    compose,
+    placed_facts,
+)
 
 
 def make_book(tokens: int, seed: int, source: str, facts: str = "random") -> tuple[str, list[Fact]]:
-    chosen = book_facts(seed) if facts == "random" else e2e_facts()
+    chosen = book_facts(seed) if facts == "random" else placed_facts(END_TO_END_POSITIONS)
     return compose_text(tokens, chosen, seed, source), chosen
-
-
-def e2e_facts() -> list[Fact]:
-    return [Fact(f.sentence, f.question, f.answer, position=p)
-            for f, p in zip(placement_order(), E2E_POSITIONS, strict=False)]
 
 
 def book_facts(seed: int) -> list[Fact]:

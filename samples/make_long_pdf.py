@@ -22,6 +22,7 @@ import json
 import random
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,6 +96,17 @@ PLACED_FIRST = ("blue stone", "saffron", "Thursday")
 def placement_order() -> list[Fact]:
     first = [f for answer in PLACED_FIRST for f in FACTS if f.answer == answer]
     return first + [f for f in FACTS if f not in first]
+
+
+# Where tests/test_end_to_end.py places its three facts: the beginning, middle and end of the book
+# (benchmarks/prose_grid.py --facts e2e repeats that design over many books).
+END_TO_END_POSITIONS = (0.1, 0.5, 0.9)
+
+
+def placed_facts(positions: Sequence[float]) -> list[Fact]:
+    """The first len(positions) facts of `placement_order`, at those depths."""
+    return [Fact(f.sentence, f.question, f.answer, position=p)
+            for f, p in zip(placement_order(), positions, strict=False)]
 
 
 # --- the filler: an invented town, in sentence patterns ------------------------------------------------
@@ -398,7 +410,7 @@ def make_long_pdf(
     path: str | Path,
     tokens: int = 100_000,
     n_facts: int = 3,
-    positions: list[float] | None = None,
+    positions: Sequence[float] | None = None,
     seed: int = 0,
     source: str = "austen",
     title: str | None = None,
@@ -411,10 +423,7 @@ def make_long_pdf(
         # Spread from near the start to near the end; the very first and last chunks are always kept by
         # LongHeads, so a fact there would prove nothing about selection.
         positions = [0.08 + 0.84 * i / max(n_facts - 1, 1) for i in range(n_facts)] if n_facts > 1 else [0.5]
-    facts = [
-        Fact(f.sentence, f.question, f.answer, position=pos)
-        for f, pos in zip(placement_order(), positions, strict=False)
-    ]
+    facts = placed_facts(positions)
     for attempt in range(5):
         blocks = compose(int(tokens * CHARS_PER_TOKEN), facts, seed=seed + attempt, source=source)
         write_pdf(blocks, path, title or TITLES[source])

@@ -23,7 +23,7 @@ from longheads.pdf import PDFDocument, read_pdf
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 sys.path.insert(0, str(SAMPLES))
 from ask_pdf_langchain import PROMPT, SYSTEM  # noqa: E402
-from make_long_pdf import Fact, make_long_pdf  # noqa: E402
+from make_long_pdf import END_TO_END_POSITIONS, Fact, make_long_pdf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ class Book:
 @pytest.fixture(scope="module")
 def book(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Book:
     path = tmp_path_factory.mktemp("e2e") / "book.pdf"
-    facts = make_long_pdf(path, tokens=17_000, n_facts=3, positions=[0.1, 0.5, 0.9])
+    facts = make_long_pdf(path, tokens=17_000, n_facts=3, positions=END_TO_END_POSITIONS)
     pdf = read_pdf(path)
     n_tokens = engine.count_tokens(pdf.text)
     assert n_tokens >= MIN_TOKENS, n_tokens
