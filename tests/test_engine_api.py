@@ -78,7 +78,7 @@ def test_generate_stream_stop_and_usage(engine):
 
 
 def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
-    document = " ".join(f"Line {i}: the harbour bell rang {i % 7} times that evening." for i in range(400))
+    document = " ".join(f"Line {i}: the harbour bell rang {i % 7} times that evening." for i in range(300))
     q1 = longheads.document_messages(document, "How many times did the bell ring on line 3?")
     q2 = longheads.document_messages(document, "What rang in the harbour?")
     engine.reset()
@@ -112,7 +112,7 @@ def test_top_chunks_leave_out_what_a_neutral_question_reads_too():
 
 
 def test_trace_describes_chunks_and_selections(engine):
-    document = " ".join(f"Entry {i}: the tide table lists {i * 3} centimetres." for i in range(500))
+    document = " ".join(f"Entry {i}: the tide table lists {i * 3} centimetres." for i in range(300))
     engine.generate(longheads.document_messages(document, "What does entry 10 list?"), max_new_tokens=5)
     trace = engine.last_trace
     cfg = engine.config
