@@ -39,20 +39,25 @@ def _interpreter_works() -> bool:
     return tuple(int(x) for x in numpy.__version__.split(".")[:2]) < (2, 3)
 
 
-# Each interpreter check takes about half a minute of one core; they run side by side, one per core, started
-# when the first of them is asked for. Keys: (granularity, pointers, vote).
-INTERPRETER_CHECKS = [("kv_group", False, None), ("head", False, None), ("kv_group", True, None)] + [
-    # The default votes ("rank" with vote_scope "model") are the first check's.
-    ("kv_group", False, vote) for vote in ("none", "max", "mass", "rank:head", "mass:head")]
+# Interpreter checks, keyed (granularity, pointers, vote). The interpreter takes Hopper's path (tiles through
+# tensor descriptors); pointers: the path before it. The votes checks compare the reference, which pools the
+# question's votes token by token, with the fast path's cumulative sums and maxima; the default votes ("rank"
+# with vote_scope "model") are the first kernels check's.
+KERNEL_CHECKS = {"kv_group": ("kv_group", False, None), "head": ("head", False, None),
+                 "kv_group-pointer-loads": ("kv_group", True, None)}
+VOTE_CHECKS = {vote: ("kv_group", False, vote) for vote in ("none", "max", "mass", "rank:head", "mass:head")}
 
 
 @pytest.fixture(scope="module")
-def interpreter_checks():
+def interpreter_checks(request: pytest.FixtureRequest):
+    """The selected tests' checks, each about half a minute of one core, run side by side (one per core)."""
     if not _interpreter_works():
         pytest.skip("Triton's CPU interpreter needs numpy < 2.3")
+    keys = {item.callspec.params["check"] for item in request.session.items
+            if "interpreter_checks" in getattr(item, "fixturenames", ())}
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         yield {key: pool.submit(_check, "cpu", "float32", key[0], 32, 300, interpret=True, pointers=key[1],
-                                vote=key[2]) for key in INTERPRETER_CHECKS}
+                                vote=key[2]) for key in keys}
 
 
 def _assert_matches(check: Future) -> None:
@@ -61,17 +66,14 @@ def _assert_matches(check: Future) -> None:
     assert r["max_abs_diff"] < 1e-5, r
 
 
-@pytest.mark.parametrize("granularity,pointers", [("kv_group", False), ("head", False), ("kv_group", True)],
-                         ids=["kv_group", "head", "kv_group-pointer-loads"])
-def test_kernels_match_reference_in_interpreter(interpreter_checks, granularity, pointers):
-    # The interpreter takes Hopper's path (tiles through tensor descriptors); pointers: the path before it.
-    _assert_matches(interpreter_checks[granularity, pointers, None])
+@pytest.mark.parametrize("check", KERNEL_CHECKS.values(), ids=KERNEL_CHECKS.keys())
+def test_kernels_match_reference_in_interpreter(interpreter_checks, check):
+    _assert_matches(interpreter_checks[check])
 
 
-@pytest.mark.parametrize("vote", ["none", "max", "mass", "rank:head", "mass:head"])
-def test_batched_votes_match_reference_in_interpreter(interpreter_checks, vote):
-    # The reference pools the question's votes token by token; the fast path with cumulative sums and maxima.
-    _assert_matches(interpreter_checks["kv_group", False, vote])
+@pytest.mark.parametrize("check", VOTE_CHECKS.values(), ids=VOTE_CHECKS.keys())
+def test_batched_votes_match_reference_in_interpreter(interpreter_checks, check):
+    _assert_matches(interpreter_checks[check])
 
 
 @pytest.mark.gpu
