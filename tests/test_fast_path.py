@@ -22,7 +22,10 @@ CHECK = Path(__file__).with_name("fast_path_check.py")
 
 def _check(device: str, dtype: str, granularity: str, head_dim: int, length: int, interpret: bool,
            offload: bool = False, vote: str | None = None, pointers: bool = False) -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
+    # The source tree first, so that the check imports this checkout's longheads even where it is not installed
+    # (as `python -m pytest` in the checkout finds it for the tests themselves).
+    path = os.pathsep.join(filter(None, [str(CHECK.parents[1]), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0", PYTHONPATH=path)
     if interpret:  # the interpreter runs one program at a time: one thread each, so that two checks share the CPU
         env["OMP_NUM_THREADS"] = "1"
     args = [sys.executable, str(CHECK), device, dtype, granularity, str(head_dim), str(length)]
