@@ -19,6 +19,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def book_facts(seed: int) -> list[Fact]:
     rng = random.Random(seed)
     chosen = rng.sample(FACTS, 3)
     depths = sorted(rng.uniform(0.06, 0.94) for _ in chosen)
-    return [Fact(f.sentence, f.question, f.answer, position=d) for f, d in zip(chosen, depths, strict=True)]
+    return [replace(f, position=d) for f, d in zip(chosen, depths, strict=True)]
 
 
 def compose_text(tokens: int, facts: list[Fact], seed: int, source: str) -> str:

@@ -23,7 +23,7 @@ import random
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # SmolLM2's tokenizer (a GPT-2 style BPE) gives about 4.1 characters per token on the novel, 4.3 on the chronicle.
@@ -105,8 +105,7 @@ END_TO_END_POSITIONS = (0.1, 0.5, 0.9)
 
 def placed_facts(positions: Sequence[float]) -> list[Fact]:
     """The first len(positions) facts of `placement_order`, at those depths."""
-    return [Fact(f.sentence, f.question, f.answer, position=p)
-            for f, p in zip(placement_order(), positions, strict=False)]
+    return [replace(f, position=p) for f, p in zip(placement_order(), positions, strict=False)]
 
 
 # --- the filler: an invented town, in sentence patterns ------------------------------------------------
