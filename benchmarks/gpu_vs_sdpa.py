@@ -6,8 +6,8 @@ Random weights of the Llama-3-8B shape (32 layers, 32 query / 8 KV heads, head_d
 memory do not depend on the weights. For every length, one process measures, each from a clean cache:
 SDPA prefill in one forward (logits_to_keep=1, as a user would call it) and its decode; LongHeads prefill
 through the engine's piecewise encoder (--repeats times, the median shown) and its decode; the same with
-cpu_offload (once). Decode ms/token is the mean of --decode-steps single-token forwards after a warm-up
-step. Prints a markdown table.
+cpu_offload (once), and with cpu_offload and offload_keys (once). Decode ms/token is the mean of
+--decode-steps single-token forwards after a warm-up step. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -81,14 +81,14 @@ def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
 
 
 def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str, compile_layers: bool,
-                  repeats: int = 1) -> dict:
+                  repeats: int = 1, offload_keys: bool = False) -> dict:
     import longheads
     from longheads.cache import LongHeadsCache
     from longheads.engine import encode_pieces
 
     longheads.disable(model)
     cfg = longheads.LongHeadsConfig(max_context=ids.shape[1] + steps + 8, cpu_offload=offload, backend=backend,
-                                    compile_layers=compile_layers)
+                                    compile_layers=compile_layers, offload_keys=offload_keys)
     longheads.enable(model, cfg)
     times = []
     for _ in range(repeats):
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="4k,16k,32k,64k,100k,128k")
     ap.add_argument("--decode-steps", type=int, default=32)
     ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--skip", default="", help="comma list of: sdpa, longheads, offload")
+    ap.add_argument("--skip", default="", help="comma list of: sdpa, longheads, offload, offload_keys")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", default=None)
     ap.add_argument("--compile", action="store_true", help="LongHeadsConfig(compile_layers=True) for LongHeads")
@@ -125,9 +125,10 @@ def main() -> None:
     # piece and a final piece (with the question's single-token rows) beyond the attention length, each a
     # kernel specialization of its own, in the piece sizes with and without offload (16384 and 4096).
     warm = torch.randint(0, 128000, (1, 20736), device="cuda")
-    for offload in [o for o in (False, True) if ("offload" if o else "longheads") not in skip]:
+    variants = {"longheads": (False, False), "offload": (True, False), "offload_keys": (True, True)}
+    for offload, offload_keys in [v for name, v in variants.items() if name not in skip]:
         for _ in range(2 if args.compile else 1):  # torch.compile settles on dynamic shapes on the second call
-            run_longheads(model, warm, 2, offload, args.backend, args.compile)
+            run_longheads(model, warm, 2, offload, args.backend, args.compile, offload_keys=offload_keys)
     rows = []
     for length in [parse_length(x) for x in args.lengths.split(",")]:
         ids = torch.randint(0, 128000, (1, length), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
@@ -139,6 +140,9 @@ def main() -> None:
                                              args.repeats)
         if "offload" not in skip:
             row["offload"] = run_longheads(model, ids, args.decode_steps, True, args.backend, args.compile)
+        if "offload_keys" not in skip:
+            row["offload_keys"] = run_longheads(model, ids, args.decode_steps, True, args.backend, args.compile,
+                                                offload_keys=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:
@@ -146,11 +150,12 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
     print(f"\n{rows[0]['device']}, random-weight Llama-3-8B shape ({args.layers} layers), bf16\n")
     print("| tokens | SDPA prefill s | SDPA peak GiB | SDPA decode ms | LongHeads prefill s | LongHeads peak GiB "
-          "| LongHeads decode ms | offload prefill s | offload peak GiB | offload decode ms |")
-    print("|---" * 10 + "|")
+          "| LongHeads decode ms | offload prefill s | offload peak GiB | offload decode ms "
+          "| offload_keys prefill s | offload_keys peak GiB | offload_keys decode ms |")
+    print("|---" * 13 + "|")
     for r in rows:
         cells = [f"{r['tokens']:,}"]
-        for key in ("sdpa", "longheads", "offload"):
+        for key in ("sdpa", "longheads", "offload", "offload_keys"):
             m = r.get(key, {})
             cells += [str(m.get("prefill_s", "-")), str(m.get("peak_gib", "-")), str(m.get("decode_ms", "-"))]
         print("| " + " | ".join(cells) + " |")

@@ -63,6 +63,7 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     if query.shape[2] > 1 and getattr(module, "layer_idx", 0) == 0:
         state.tally, state.voters = None, 0  # a new prompt (or piece): the model's tally starts afresh
     out = _attend(layer, state, query[0], scaling)
+    layer.drop_device_keys()  # offloaded keys leave the GPU with their layer (LongHeadsConfig.offload_keys)
     return out.transpose(0, 1)[None], None
 
 
@@ -132,7 +133,7 @@ def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, st
     n_chunks = int(rows.starts[-1]) // cfg.chunk_size  # rows ascend: the last row's own chunk is the largest
     if cfg.selection == "paper":
         return torch.einsum("hrd,hcd->hrc", queries.to(layer.reps.dtype), layer.reps[:, :n_chunks]).float()
-    keys = layer.keys[0]
+    keys = layer.keys_on(q_pre.device)[0]
     dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
     w = cfg.chunk_size
     rotation = state.table.rotation(dist, keys.device)

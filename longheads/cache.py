@@ -5,9 +5,10 @@ While LongHeads is enabled the model's rotary embedding is the identity (patch.U
 receives keys without positions and gives each its offset inside its chunk. Wherever the attention function
 lays a chunk out, its keys then differ from their laid-out positions by one offset shared by the whole
 chunk, which goes on the query instead (one rotation per chunk, not one per key). With ``cpu_offload`` the
-values live in pinned CPU memory and only the chunks a head selects travel to the GPU; the keys stay on the
-GPU, because every query scores every chunk by its keys (moving them for each step would cost more than it
-saves).
+values live in pinned CPU memory and only the chunks a head selects travel to the GPU. The keys stay on the
+GPU unless ``offload_keys`` is set too: every query scores every chunk by its keys, so offloaded keys travel
+whole to the GPU for each layer's attention call and leave again after it. That bounds GPU memory by one
+layer's keys instead of every layer's, and costs a host-to-device copy of them per layer and call.
 """
 
 from __future__ import annotations
@@ -38,16 +39,20 @@ class LongHeadsLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(self, chunk_size: int, offload: bool = False, table: PositionTable | None = None,
-                 use_kernels: bool = True):
+                 use_kernels: bool = True, offload_keys: bool = False):
         super().__init__()
+        if offload_keys and not offload:
+            raise ValueError("LongHeadsLayer: offload_keys needs offload (values are offloaded first)")
         self.chunk_size = chunk_size
         self.offload_to_cpu = offload
+        self.offload_keys = offload_keys
         self.table = table  # the model's rotary tables, for the keys' offsets inside their chunks
         self.use_kernels = use_kernels  # store keys with the Triton kernel on a GPU (LongHeadsConfig.backend)
         self.length = 0
         self.reserved = 0  # capacity to allocate at once (LongHeadsCache.reserve), so growth never doubles
         self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], rotated inside their chunk
         self._v: torch.Tensor | None = None
+        self._device_keys: torch.Tensor | None = None  # offloaded keys' copy for the running attention call
         # Per-chunk state for the "paper" selection: representations of complete chunks, and the
         # (unrotated) queries of the chunk being filled, which its representation needs.
         self.reps: torch.Tensor | None = None  # [heads, chunks, head_dim]
@@ -62,7 +67,8 @@ class LongHeadsLayer(CacheLayerMixin):
         self.dtype = key_states.dtype
         self.device = key_states.device
         self.value_device = torch.device("cpu") if self.offload_to_cpu else key_states.device
-        self._k = self._alloc(key_states, self.reserved, self.device)
+        self.key_device = torch.device("cpu") if self.offload_keys else key_states.device
+        self._k = self._alloc(key_states, self.reserved, self.key_device)
         self._v = self._alloc(value_states, self.reserved, self.value_device)
         self.is_initialized = True
 
@@ -116,22 +122,52 @@ class LongHeadsLayer(CacheLayerMixin):
         self.returned_keys = self.keys
         return self.returned_keys, self.values
 
+    def keys_on(self, device: torch.device) -> torch.Tensor:
+        """The keys [1, kv_heads, tokens, d] on `device`. Offloaded keys are copied there once per attention
+        call (see `drop_device_keys`)."""
+        keys = self.keys
+        if keys.device == device:
+            return keys
+        if self._device_keys is None or self._device_keys.shape[2] != self.length:
+            # One copy per KV head: each is contiguous in pinned memory, while the [:length] view of the
+            # whole buffer is not (a strided copy would go through pageable memory first).
+            copy = torch.empty(keys.shape, dtype=keys.dtype, device=device)
+            for h in range(keys.shape[1]):
+                copy[0, h].copy_(keys[0, h], non_blocking=True)
+            self._device_keys = copy
+        return self._device_keys
+
+    def drop_device_keys(self) -> None:
+        """Free the GPU copy of offloaded keys (the attention call that needed it has been issued)."""
+        self._device_keys = None
+
     def _store_keys(self, keys: torch.Tensor) -> None:
         if self.table is None:
             raise ValueError("LongHeadsLayer needs the model's rotary tables to store keys: use LongHeadsCache(model)")
         start, n, d = self.length, keys.shape[1], keys.shape[2]
-        dst = self._k[0, :, start : start + n]
+        if self._k.device == keys.device:
+            self._rotate_into(keys, self._k[0], start)
+            return
+        # Offloaded keys: rotate them where they were computed (with the same kernel as in place), then copy.
+        offset = start % self.chunk_size  # a staging buffer that starts at the same place inside a chunk
+        staged = keys.new_empty(keys.shape[0], offset + n, d)
+        self._rotate_into(keys, staged, offset)
+        self._k[0, :, start : start + n].copy_(staged[:, offset:])
+
+    def _rotate_into(self, keys: torch.Tensor, dst: torch.Tensor, start: int) -> None:
+        """Write keys [kv_heads, n, d] to dst[:, start:start+n], each rotated to its offset inside its chunk."""
+        n, d = keys.shape[1], keys.shape[2]
         use_kernel = self.use_kernels and fast.supports(self.chunk_size, d) and fast.available(dst.device)
         halves = self.table.halves(dst.device) if use_kernel else None
         if halves is not None:
             from . import kernels
 
-            kernels.store_keys(keys, self._k[0], start, self.chunk_size, halves[0][: self.chunk_size],
+            kernels.store_keys(keys, dst, start, self.chunk_size, halves[0][: self.chunk_size],
                                halves[1][: self.chunk_size])
             return
         cos, sin = self.table.get(dst.device)
         local = torch.arange(start, start + n, device=dst.device) % self.chunk_size
-        dst.copy_(apply_rope(keys.float(), cos[local], sin[local]))
+        dst[:, start : start + n].copy_(apply_rope(keys.float(), cos[local], sin[local]))
 
     def get_seq_length(self) -> int:
         return self.length
@@ -156,6 +192,7 @@ class LongHeadsLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length = 0
+        self._device_keys = None
         self.reps = None
         self.pending_queries = None
 
@@ -183,7 +220,7 @@ class LongHeadsCache(Cache):
         cfg = state.config
         layers = [
             LongHeadsLayer(cfg.chunk_size, cfg.cpu_offload, state.table,
-                           use_kernels=cfg.backend != "reference")
+                           use_kernels=cfg.backend != "reference", offload_keys=cfg.offload_keys)
             for _ in range(n_layers)
         ]
         super().__init__(layers=layers)

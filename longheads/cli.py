@@ -19,7 +19,9 @@ def _config_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--attention-length", type=int, default=None)
     ap.add_argument("--max-context", type=int, default=None)
-    ap.add_argument("--cpu-offload", action="store_true")
+    ap.add_argument("--cpu-offload", action="store_true", help="keep the cache's values in pinned CPU memory")
+    ap.add_argument("--offload-keys", action="store_true",
+                    help="with --cpu-offload, the keys too: less GPU memory, slower decoding")
     ap.add_argument("--compile-layers", action="store_true",
                     help="torch.compile the model's layers around LongHeads (faster prefill on a GPU)")
     ap.add_argument("--prefill-piece", type=int, default=None,
@@ -30,6 +32,7 @@ def _config_args(ap: argparse.ArgumentParser) -> None:
 def _config(args) -> LongHeadsConfig:
     fields = {"chunk_size": args.chunk_size, "attention_length": args.attention_length,
               "max_context": args.max_context, "cpu_offload": args.cpu_offload or None,
+              "offload_keys": args.offload_keys or None,
               "compile_layers": args.compile_layers or None, "prefill_piece": args.prefill_piece}
     return LongHeadsConfig(**{k: v for k, v in fields.items() if v is not None})
 

@@ -52,7 +52,12 @@ class LongHeadsConfig:
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None
     max_context: int = 131072
+    # Keep the values of the KV cache in pinned CPU memory; only the chunks a head selects go to the GPU.
     cpu_offload: bool = False
+    # With cpu_offload, the keys too: each layer's keys go to the GPU for its attention call and leave after it,
+    # so the cache's GPU memory is one layer's keys instead of every layer's, at the cost of copying them
+    # (docs/benchmarks.md measures both). Outputs and selections do not depend on it.
+    offload_keys: bool = False
     # "auto": the Triton kernels on a CUDA device (maxlogit selection), PyTorch otherwise; "triton": the
     # kernels or an error; "reference": always the plain PyTorch path the kernels are tested against.
     backend: str = "auto"
@@ -78,8 +83,9 @@ class LongHeadsConfig:
 
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("selection", "granularity", "cpu_offload", "attention_length", "vote", "score_distance",
-                          "backend", "votes_per_token", "vote_scope", "compile_layers", "prefill_piece"):
+            if f.name in ("selection", "granularity", "cpu_offload", "offload_keys", "attention_length", "vote",
+                          "score_distance", "backend", "votes_per_token", "vote_scope", "compile_layers",
+                          "prefill_piece"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -94,6 +100,8 @@ class LongHeadsConfig:
         need(optional_int(self.score_distance, 0), "score_distance", "it must be None or an integer >= 0")
         need(optional_int(self.votes_per_token, 1), "votes_per_token", "it must be None or an integer >= 1")
         need(isinstance(self.cpu_offload, bool), "cpu_offload", "it must be True or False")
+        need(isinstance(self.offload_keys, bool), "offload_keys", "it must be True or False")
+        need(self.cpu_offload or not self.offload_keys, "offload_keys", "it needs cpu_offload=True")
         need(isinstance(self.compile_layers, bool), "compile_layers", "it must be True or False")
         need(self.prefill_piece is None or (optional_int(self.prefill_piece, self.chunk_size)
                                             and self.prefill_piece % self.chunk_size == 0),

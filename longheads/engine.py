@@ -143,8 +143,8 @@ class LongHeadsModel:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise OutOfMemoryError(
-                    f"Out of memory while encoding {total:,} tokens on {self.device}. Enable cpu_offload, "
-                    "use a smaller max_context, or a smaller model."
+                    f"Out of memory while encoding {total:,} tokens on {self.device}. Enable cpu_offload "
+                    "(and offload_keys), use a smaller max_context, or a smaller model."
                 ) from exc
             raise
         self._encoded = _Encoded(cache, list(ids))

@@ -156,7 +156,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     sel = _choose(scores, rows, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 
-    keys = layer.keys[0]
+    keys = layer.keys_on(device)[0]
     vown = rows.on(device, f"vown {heads}",
                    lambda: (rows.starts // w * w).to(torch.int32).expand(heads, -1).contiguous())
     values, vsel = layer.values[0], sel

@@ -1,6 +1,9 @@
 """Run a tiny model through the reference path and the Triton fast path and report how far apart they are.
 
-    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload|pointers|VOTE[:SCOPE]]
+    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload[_keys]|pointers|VOTE[:SCOPE]]
+
+offload, offload_keys: both paths with the values (and the keys) in CPU memory; the fast path is also run without
+offload, and its outputs and selections compared with the offloaded run's.
 
 pointers: the attention kernel loads tiles through pointers, as before Hopper, even where it could use
 tensor descriptors (on Hopper, and in the interpreter).
@@ -48,11 +51,12 @@ def main() -> None:
                          num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256)
     model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
     extra = sys.argv[6] if sys.argv[6:] else ""
+    offload = extra in ("offload", "offload_keys")
     cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
-               cpu_offload=extra == "offload")
+               cpu_offload=offload, offload_keys=extra == "offload_keys")
     if extra == "pointers":
         kernels.tensor_memory_accelerator = lambda _device: False
-    elif extra and extra != "offload":  # VOTE or VOTE:SCOPE
+    elif extra and not offload:  # VOTE or VOTE:SCOPE
         cfg["vote"], _, scope = extra.partition(":")
         cfg["vote_scope"] = scope or "layer"
     # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
@@ -63,14 +67,22 @@ def main() -> None:
     cuts = [0, length - 37, length - 3, length] + list(range(length + 1, length + 9))
     ref, ref_sel = run(model, ids, cuts, "reference", cfg)
     got, got_sel = run(model, ids, cuts, "triton", cfg)
-    pairs = [(a, b) for call_a, call_b in zip(ref_sel, got_sel, strict=True)
-             for a, b in zip(call_a, call_b, strict=True)]
-    print(json.dumps({
+    report = {
         "max_abs_diff": (ref - got).abs().max().item(),
         "max_abs_logit": ref.abs().max().item(),
-        "selection_rows_equal": sum(bool((a == b).all(dim=1).all()) for a, b in pairs),
-        "selection_rows": len(pairs),
-    }))
+        "selection_rows_equal": _rows_equal(ref_sel, got_sel),
+        "selection_rows": sum(map(len, ref_sel)),
+    }
+    if offload:
+        plain, plain_sel = run(model, ids, cuts, "triton", dict(cfg, cpu_offload=False, offload_keys=False))
+        report["offload_max_abs_diff"] = (plain - got).abs().max().item()
+        report["offload_selection_rows_equal"] = _rows_equal(plain_sel, got_sel)
+    print(json.dumps(report))
+
+
+def _rows_equal(a: list, b: list) -> int:
+    pairs = [(x, y) for call_a, call_b in zip(a, b, strict=True) for x, y in zip(call_a, call_b, strict=True)]
+    return sum(bool((x == y).all(dim=1).all()) for x, y in pairs)
 
 
 if __name__ == "__main__":

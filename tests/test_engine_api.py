@@ -25,6 +25,8 @@ from longheads.engine import LongHeadsModel
         ({"sink_chunks": -1}, "sink_chunks"),
         ({"max_context": 10}, "max_context"),
         ({"cpu_offload": "yes"}, "cpu_offload"),
+        ({"offload_keys": True}, "offload_keys"),  # without cpu_offload
+        ({"cpu_offload": True, "offload_keys": 1}, "offload_keys"),
         ({"compile_layers": 1}, "compile_layers"),
         ({"prefill_piece": 1000}, "prefill_piece"),  # not a multiple of the chunk size (256)
         ({"prefill_piece": 0}, "prefill_piece"),

@@ -21,7 +21,7 @@ CHECK = Path(__file__).with_name("fast_path_check.py")
 
 
 def _check(device: str, dtype: str, granularity: str, head_dim: int, length: int, interpret: bool,
-           offload: bool = False, vote: str | None = None, pointers: bool = False) -> dict:
+           offload: str | None = None, vote: str | None = None, pointers: bool = False) -> dict:
     # The source tree first, so that the check imports this checkout's longheads even where it is not installed
     # (as `python -m pytest` in the checkout finds it for the tests themselves).
     path = os.pathsep.join(filter(None, [str(CHECK.parents[1]), os.environ.get("PYTHONPATH")]))
@@ -29,7 +29,7 @@ def _check(device: str, dtype: str, granularity: str, head_dim: int, length: int
     if interpret:  # the interpreter runs one program at a time: one thread each, so that two checks share the CPU
         env["OMP_NUM_THREADS"] = "1"
     args = [sys.executable, str(CHECK), device, dtype, granularity, str(head_dim), str(length)]
-    args += ["offload"] if offload else ["pointers"] if pointers else [vote] if vote else []
+    args += [offload] if offload else ["pointers"] if pointers else [vote] if vote else []
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,11 +82,13 @@ def test_batched_votes_match_reference_in_interpreter(interpreter_checks, check)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype,granularity,head_dim,length,offload", [
-    ("float32", "kv_group", 64, 3000, False),
-    ("bfloat16", "kv_group", 128, 3000, False),
-    ("bfloat16", "head", 64, 1000, False),
-    ("float32", "head", 128, 1000, True),
-    ("bfloat16", "kv_group", 128, 3000, True),
+    ("float32", "kv_group", 64, 3000, None),
+    ("bfloat16", "kv_group", 128, 3000, None),
+    ("bfloat16", "head", 64, 1000, None),
+    ("float32", "head", 128, 1000, "offload"),
+    ("bfloat16", "kv_group", 128, 3000, "offload"),
+    ("float32", "kv_group", 64, 3000, "offload_keys"),
+    ("bfloat16", "kv_group", 128, 3000, "offload_keys"),
 ])
 def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, offload):
     r = _check("cuda", dtype, granularity, head_dim, length, interpret=False, offload=offload)
@@ -95,3 +97,6 @@ def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, of
     needed = r["selection_rows"] if exact else int(0.9 * r["selection_rows"])
     assert r["selection_rows_equal"] >= needed, r
     assert r["max_abs_diff"] < (1e-4 if exact else 0.1) * max(1.0, r["max_abs_logit"]), r
+    if offload:  # the same kernels read the same numbers wherever the cache lives
+        assert r["offload_selection_rows_equal"] == r["selection_rows"], r
+        assert r["offload_max_abs_diff"] == 0.0, r
