@@ -62,6 +62,8 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
         scaling = query.shape[-1] ** -0.5
     if query.shape[2] > 1 and getattr(module, "layer_idx", 0) == 0:
         state.tally, state.voters = None, 0  # a new prompt (or piece): the model's tally starts afresh
+    if layer.next_layer is not None:  # LongHeadsConfig.offload_keys: overlap the next layer's copy with this one
+        layer.next_layer.prefetch_keys(query.device)
     out = _attend(layer, state, query[0], scaling)
     layer.drop_device_keys()  # offloaded keys leave the GPU with their layer (LongHeadsConfig.offload_keys)
     return out.transpose(0, 1)[None], None

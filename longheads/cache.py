@@ -7,8 +7,9 @@ lays a chunk out, its keys then differ from their laid-out positions by one offs
 chunk, which goes on the query instead (one rotation per chunk, not one per key). With ``cpu_offload`` the
 values live in pinned CPU memory and only the chunks a head selects travel to the GPU. The keys stay on the
 GPU unless ``offload_keys`` is set too: every query scores every chunk by its keys, so offloaded keys travel
-whole to the GPU for each layer's attention call and leave again after it. That bounds GPU memory by one
-layer's keys instead of every layer's, and costs a host-to-device copy of them per layer and call.
+whole to the GPU for each layer's attention call and leave again after it; each layer starts the next one's
+copy on a side stream, so that it runs while this layer computes. That bounds GPU memory by a few layers' keys
+instead of every layer's, and costs a host-to-device copy of them per layer and call.
 """
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ def current_layer(key: torch.Tensor) -> LongHeadsLayer | None:
     return None
 
 
+_copy_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    if device not in _copy_streams:
+        _copy_streams[device] = torch.cuda.Stream(device)
+    return _copy_streams[device]
+
+
+def _copy_heads(src: torch.Tensor, dst: torch.Tensor, start: int) -> None:
+    """dst[0, h, start:] = src[0, h, start:] for every KV head, from pinned memory without blocking. One copy per
+    head: each is contiguous in the cache's buffer, while a view of all heads is not (a strided copy would go
+    through pageable memory first)."""
+    for h in range(src.shape[1]):
+        dst[0, h, start:].copy_(src[0, h, start:], non_blocking=True)
+
+
 class LongHeadsLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = True
@@ -53,6 +71,10 @@ class LongHeadsLayer(CacheLayerMixin):
         self._k: torch.Tensor | None = None  # [1, kv_heads, capacity, head_dim], rotated inside their chunk
         self._v: torch.Tensor | None = None
         self._device_keys: torch.Tensor | None = None  # offloaded keys' copy for the running attention call
+        # Offloaded keys on their way to the GPU (a copy and the event that ends it), started while the layer
+        # before this one runs; `next_layer` is that layer's pointer to this one (set by LongHeadsCache).
+        self._prefetched: tuple[torch.Tensor, torch.cuda.Event] | None = None
+        self.next_layer: LongHeadsLayer | None = None
         # Per-chunk state for the "paper" selection: representations of complete chunks, and the
         # (unrotated) queries of the chunk being filled, which its representation needs.
         self.reps: torch.Tensor | None = None  # [heads, chunks, head_dim]
@@ -124,18 +146,37 @@ class LongHeadsLayer(CacheLayerMixin):
 
     def keys_on(self, device: torch.device) -> torch.Tensor:
         """The keys [1, kv_heads, tokens, d] on `device`. Offloaded keys are copied there once per attention
-        call (see `drop_device_keys`)."""
+        call (see `drop_device_keys`), the part that `prefetch_keys` brought already from that copy."""
         keys = self.keys
         if keys.device == device:
             return keys
         if self._device_keys is None or self._device_keys.shape[2] != self.length:
-            # One copy per KV head: each is contiguous in pinned memory, while the [:length] view of the
-            # whole buffer is not (a strided copy would go through pageable memory first).
             copy = torch.empty(keys.shape, dtype=keys.dtype, device=device)
-            for h in range(keys.shape[1]):
-                copy[0, h].copy_(keys[0, h], non_blocking=True)
+            done = 0
+            if self._prefetched is not None:
+                early, arrived = self._prefetched
+                self._prefetched = None
+                stream = torch.cuda.current_stream(device)
+                stream.wait_event(arrived)
+                early.record_stream(stream)  # used here, though allocated on the copy stream
+                done = early.shape[2]
+                copy[:, :, :done].copy_(early)
+            _copy_heads(keys, copy, done)
             self._device_keys = copy
         return self._device_keys
+
+    def prefetch_keys(self, device: torch.device) -> None:
+        """Start copying the offloaded keys stored so far to `device` on a side stream, so that the copy runs
+        while the layers before this one compute (only the keys stored after it are copied in `keys_on`)."""
+        if not self.offload_keys or self.length == 0 or self._prefetched is not None or device.type != "cuda":
+            return
+        stream = _copy_stream(device)
+        with torch.cuda.stream(stream):
+            early = torch.empty(self.keys.shape, dtype=self._k.dtype, device=device)
+            _copy_heads(self.keys, early, 0)
+            arrived = torch.cuda.Event()
+            arrived.record(stream)
+        self._prefetched = early, arrived
 
     def drop_device_keys(self) -> None:
         """Free the GPU copy of offloaded keys (the attention call that needed it has been issued)."""
@@ -185,6 +226,7 @@ class LongHeadsLayer(CacheLayerMixin):
             # The representation of a half-kept chunk needs queries we no longer have.
             raise ValueError(f"LongHeadsLayer.crop({max_length}) must keep a multiple of chunk_size")
         self.length = keep
+        self._device_keys = self._prefetched = None  # copies of keys that may no longer be these
         if self.reps is not None:
             self.reps = self.reps[:, : keep // self.chunk_size]
         if self.pending_queries is not None:
@@ -192,7 +234,7 @@ class LongHeadsLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length = 0
-        self._device_keys = None
+        self._device_keys = self._prefetched = None
         self.reps = None
         self.pending_queries = None
 
@@ -224,6 +266,9 @@ class LongHeadsCache(Cache):
             for _ in range(n_layers)
         ]
         super().__init__(layers=layers)
+        if cfg.offload_keys:  # each layer starts the next one's keys on their way to the GPU
+            for layer, following in zip(layers, layers[1:], strict=False):
+                layer.next_layer = following
 
     @property
     def tail_enabled(self) -> bool:
