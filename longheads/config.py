@@ -54,9 +54,10 @@ class LongHeadsConfig:
     max_context: int = 131072
     # Keep the values of the KV cache in pinned CPU memory; only the chunks a head selects go to the GPU.
     cpu_offload: bool = False
-    # With cpu_offload, the keys too: each layer's keys go to the GPU for its attention call and leave after it,
-    # so the cache's GPU memory is one layer's keys instead of every layer's, at the cost of copying them
-    # (docs/benchmarks.md measures both). Outputs and selections do not depend on it.
+    # With cpu_offload, the keys too: each layer's keys go to the GPU for its attention call and leave after it
+    # (the next layer's copy starts while a layer runs), so the cache's GPU memory is about two layers' keys
+    # instead of every layer's, at the cost of copying them at every step (docs/benchmarks.md measures both).
+    # Outputs and selections do not depend on it.
     offload_keys: bool = False
     # "auto": the Triton kernels on a CUDA device (maxlogit selection), PyTorch otherwise; "triton": the
     # kernels or an error; "reference": always the plain PyTorch path the kernels are tested against.
