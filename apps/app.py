@@ -32,6 +32,12 @@ from longheads.errors import ContextTooLongError, LongHeadsError
 EMBEDDED = "Embedded SmolLM2-135M-Instruct"
 HUB = "Hugging Face hub id"
 LOCAL = "Local path"
+# Where the document's KV cache lives on a GPU machine: (cpu_offload, offload_keys). On a CPU it is all in memory.
+KV_CACHE = {
+    "GPU memory": (False, False),
+    "Values in CPU memory": (True, False),
+    "Keys and values in CPU memory": (True, True),
+}
 KEPT_TRACES = 6  # older answers keep their text but drop their trace (a few MB each)
 BASELINE_TOKENS = 4  # answer tokens of the neutral question whose trace is the passages' baseline
 KEPT_BASELINES = 4
@@ -45,6 +51,7 @@ class Settings:
     attention_length: int = 0  # 0: the engine picks the model's default
     max_context: int = 131072
     max_new_tokens: int = 200
+    kv_cache: str = "GPU memory"  # a key of KV_CACHE
 
     @property
     def model_ref(self) -> str | None:
@@ -52,10 +59,13 @@ class Settings:
 
     def config(self) -> longheads.LongHeadsConfig:
         """Raises ConfigError naming the field when a value is out of range."""
+        cpu_offload, offload_keys = KV_CACHE[self.kv_cache]
         return longheads.LongHeadsConfig(
             chunk_size=int(self.chunk_size),
             attention_length=int(self.attention_length) or None,
             max_context=int(self.max_context),
+            cpu_offload=cpu_offload,
+            offload_keys=offload_keys,
         )
 
     def check(self) -> None:
@@ -205,10 +215,19 @@ def sidebar() -> Engine | None:
                 step=16,
                 key="max_new_tokens",
             )
+            kv_cache = st.selectbox(
+                "KV cache",
+                list(KV_CACHE),
+                index=list(KV_CACHE).index(current.kv_cache),
+                key="kv_cache",
+                help="On a GPU: where the document's cache lives. CPU memory leaves room on the GPU for longer "
+                "documents and larger models, and makes encoding and answering slower (keys and values: about "
+                "half the answer speed). On a CPU everything is in memory anyway.",
+            )
             applied = st.form_submit_button("Apply", type="primary", width="stretch")
 
         if applied:
-            wanted = Settings(source, model, int(chunk), int(attention), int(max_context), int(new_tokens))
+            wanted = Settings(source, model, int(chunk), int(attention), int(max_context), int(new_tokens), kv_cache)
             try:
                 wanted.check()
                 with st.spinner(f"Loading {wanted.model_ref or EMBEDDED}…"):
@@ -233,6 +252,7 @@ def sidebar() -> Engine | None:
             f"**{lh.model_name}** on {engine.device} · {mc.num_hidden_layers} layers × "
             f"{mc.num_attention_heads} heads · each head reads {cfg.attention_length:,} tokens in chunks of "
             f"{cfg.chunk_size} · max context {lh.max_context:,} tokens"
+            + (f" · KV cache: {ss.active_settings.kv_cache.lower()}" if cfg.cpu_offload else "")
         )
     return engine
 

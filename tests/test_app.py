@@ -39,6 +39,8 @@ def apply(at: AppTest, **settings: object) -> None:
             at.sidebar.radio(key=key).set_value(value)
         elif key == "model_ref":
             at.sidebar.text_input(key=key).set_value(value)
+        elif key == "kv_cache":
+            at.sidebar.selectbox(key=key).set_value(value)
         else:
             at.sidebar.number_input(key=key).set_value(value)
     next(b for b in at.sidebar.button if b.label == "Apply").click()
@@ -222,6 +224,14 @@ def test_settings_validation_and_failed_model_load(tmp_path: Path) -> None:
     assert "Could not load model" in errors(at)
     upload(at, "eddystone.pdf", SAMPLE.read_bytes())
     assert metrics(at)["Pages"] == "5"
+
+    # Where the KV cache lives is a setting too: a new engine whose config says so, and that answers (on a CPU
+    # machine the cache is in CPU memory either way).
+    apply(at, model_source="Embedded SmolLM2-135M-Instruct", kv_cache="Keys and values in CPU memory")
+    assert not errors(at)
+    assert any("KV cache: keys and values in cpu memory" in c.value for c in at.sidebar.caption)
+    ask(at, "Who built the first Eddystone lighthouse?")
+    assert answers(at) and answers(at)[-1].strip()
 
 
 def test_two_sessions_keep_their_own_documents_and_answers() -> None:
