@@ -43,14 +43,6 @@ def _copy_stream(device: torch.device) -> torch.cuda.Stream:
     return _copy_streams[device]
 
 
-def _copy_heads(src: torch.Tensor, dst: torch.Tensor, start: int) -> None:
-    """dst[0, h, start:] = src[0, h, start:] for every KV head, from pinned memory without blocking. One copy per
-    head: each is contiguous in the cache's buffer, while a view of all heads is not (a strided copy would go
-    through pageable memory first)."""
-    for h in range(src.shape[1]):
-        dst[0, h, start:].copy_(src[0, h, start:], non_blocking=True)
-
-
 class LongHeadsLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = True
@@ -161,7 +153,7 @@ class LongHeadsLayer(CacheLayerMixin):
                 early.record_stream(stream)  # used here, though allocated on the copy stream
                 done = early.shape[2]
                 copy[:, :, :done].copy_(early)
-            _copy_heads(keys, copy, done)
+            fast.copy_heads(keys[0], copy[0], done)
             self._device_keys = copy
         return self._device_keys
 
@@ -173,7 +165,7 @@ class LongHeadsLayer(CacheLayerMixin):
         stream = _copy_stream(device)
         with torch.cuda.stream(stream):
             early = torch.empty(self.keys.shape, dtype=self._k.dtype, device=device)
-            _copy_heads(self.keys, early, 0)
+            fast.copy_heads(self.keys[0], early[0], 0)
             arrived = torch.cuda.Event()
             arrived.record(stream)
         self._prefetched = early, arrived

@@ -175,10 +175,18 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
                                 block_m, pack)
 
 
+def copy_heads(src: torch.Tensor, dst: torch.Tensor, start: int = 0) -> None:
+    """dst[h, start:] = src[h, start:] for every KV head of a cache slice [kv_heads, tokens, d], from pinned
+    memory without blocking. One copy per head: each is contiguous in the cache's buffer, while the slice of all
+    heads is not, and a strided copy would go through pageable memory first (a host copy, then a blocking one)."""
+    for h in range(src.shape[0]):
+        dst[h, start:].copy_(src[h, start:], non_blocking=True)
+
+
 def _stage_values(values: torch.Tensor, sel: torch.Tensor, vown: torch.Tensor, current: torch.Tensor, w: int,
                   groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bring offloaded values to the GPU: each KV head's selected and own chunks, or the whole layer when
-    that is most of it (one pinned copy is faster than a large gather). Returns the staged values [kv_heads,
+    that is most of it (pinned copies are faster than a large gather). Returns the staged values [kv_heads,
     tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown) to read them by; for the whole layer,
     `sel` and `vown` as given."""
     kv_heads, length, _ = values.shape
@@ -190,7 +198,9 @@ def _stage_values(values: torch.Tensor, sel: torch.Tensor, vown: torch.Tensor, c
     need[kv_of[:, None].expand(-1, n_rows), current[None].expand(heads, -1)] = True
     width = int(need.sum(1).max())
     if 2 * width >= n_chunks:
-        return values.to(device, non_blocking=True), sel, vown
+        staged = torch.empty(values.shape, dtype=values.dtype, device=device)
+        copy_heads(values, staged)
+        return staged, sel, vown
     # Per KV head, its needed chunks first (in order), then padding.
     order = torch.sort((~need).to(torch.int8), dim=1, stable=True).indices[:, :width]
     lut = torch.zeros(kv_heads, n_chunks, dtype=torch.long, device=device)
