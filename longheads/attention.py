@@ -166,7 +166,8 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     heads, m, _ = q_rot.shape
     end = start + m
     cos, sin = state.table.get(q_rot.device)
-    k = layer.keys[0, :, :end].to(q_rot.device, non_blocking=True)
+    # Offloaded keys: the call's GPU copy, which its selection rows (if any) read as well.
+    k = layer.keys_on(q_rot.device)[0, :, :end]
     v = layer.values[0, :, :end].to(q_rot.device, non_blocking=True)
     # Cached keys carry their offset inside their chunk; the chunk's own start completes their position.
     starts = chunk_starts(end, state.config.chunk_size, q_rot.device)

@@ -81,8 +81,7 @@ class LongHeadsLayer(CacheLayerMixin):
         self.dtype = key_states.dtype
         self.device = key_states.device
         self.value_device = torch.device("cpu") if self.offload_to_cpu else key_states.device
-        self.key_device = torch.device("cpu") if self.offload_keys else key_states.device
-        self._k = self._alloc(key_states, self.reserved, self.key_device)
+        self._k = self._alloc(key_states, self.reserved, torch.device("cpu") if self.offload_keys else self.device)
         self._v = self._alloc(value_states, self.reserved, self.value_device)
         self.is_initialized = True
 
