@@ -168,7 +168,10 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     cos, sin = state.table.get(q_rot.device)
     # Offloaded keys: the call's GPU copy, which its selection rows (if any) read as well.
     k = layer.keys_on(q_rot.device)[0, :, :end]
-    v = layer.values[0, :, :end].to(q_rot.device, non_blocking=True)
+    v = layer.values[0, :, :end]
+    if v.device != q_rot.device:  # offloaded: queued behind the stores still in flight (LongHeadsLayer._store)
+        v, staged = torch.empty(v.shape, dtype=v.dtype, device=q_rot.device), v
+        fast.copy_heads(staged, v)
     # Cached keys carry their offset inside their chunk; the chunk's own start completes their position.
     starts = chunk_starts(end, state.config.chunk_size, q_rot.device)
     k = apply_rope(k.float(), cos[starts], sin[starts]).to(q_rot.dtype)
@@ -233,6 +236,7 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     chunk_start = (pos // w) * w
     own = pos + m - chunk_start  # tokens of the current chunk visible to the last query
     storage = layer.keys.device
+    layer.wait_stores()  # offloaded keys or values are gathered on the host below
     groups = state.num_heads // state.num_kv_heads
     if groups > 1 and state.config.granularity == "kv_group":
         # Heads of a group read the same chunks: gather each KV head once and let SDPA share it (GQA).
@@ -282,6 +286,7 @@ def _update_representations(layer: LongHeadsLayer, state: ModelState, q_pre: tor
                 'selection="paper" needs every chunk\'s queries: decode with past_key_values=LongHeadsCache(model)'
             )
         cos, sin = state.table.get(q_pre.device)
+        layer.wait_stores()
         kv = _kv_index(state, layer.keys.device)
         span = slice((layer.length // w - done) * w, (layer.length // w) * w)
         heads, d = pending.shape[0], pending.shape[-1]

@@ -5,7 +5,8 @@ While LongHeads is enabled the model's rotary embedding is the identity (patch.U
 receives keys without positions and gives each its offset inside its chunk. Wherever the attention function
 lays a chunk out, its keys then differ from their laid-out positions by one offset shared by the whole
 chunk, which goes on the query instead (one rotation per chunk, not one per key). With ``cpu_offload`` the
-values live in pinned CPU memory and only the chunks a head selects travel to the GPU. The keys stay on the
+values live in pinned CPU memory and only the chunks a head selects travel to the GPU (a prompt's pieces stage
+them, decoding steps read them in place). The keys stay on the
 GPU unless ``offload_keys`` is set too: every query scores every chunk by its keys, so offloaded keys travel
 whole to the GPU for each layer's attention call and leave again after it; each layer starts the next one's
 copy on a side stream, so that it runs while this layer computes. That bounds GPU memory by a few layers' keys
@@ -100,6 +101,8 @@ class LongHeadsLayer(CacheLayerMixin):
         new_capacity = self.reserved if needed <= self.reserved else max(needed, capacity + capacity // 4, 1024)
         for name in ("_k", "_v"):
             old = getattr(self, name)
+            if old.device.type == "cpu":
+                self.wait_stores()
             new = self._alloc(old, new_capacity, old.device)
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
@@ -128,8 +131,7 @@ class LongHeadsLayer(CacheLayerMixin):
         n = key_states.shape[2]
         self._grow(self.length + n)
         self._store_keys(key_states[0])
-        # Blocking: offloaded values are read on the host (gathers) right after this.
-        self._v[:, :, self.length : self.length + n] = value_states.to(self.value_device)
+        self._store(value_states[0], self._v[0])
         self.length += n
         _current.layer = self
         self.returned_keys = self.keys
@@ -162,6 +164,7 @@ class LongHeadsLayer(CacheLayerMixin):
         if not self.offload_keys or self.length == 0 or self._prefetched is not None or device.type != "cuda":
             return
         stream = _copy_stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # after the keys' own stores (`_store`)
         with torch.cuda.stream(stream):
             early = torch.empty(self.keys.shape, dtype=self._k.dtype, device=device)
             fast.copy_heads(self.keys[0], early[0], 0)
@@ -184,7 +187,21 @@ class LongHeadsLayer(CacheLayerMixin):
         offset = start % self.chunk_size  # a staging buffer that starts at the same place inside a chunk
         staged = keys.new_empty(keys.shape[0], offset + n, d)
         self._rotate_into(keys, staged, offset)
-        self._k[0, :, start : start + n].copy_(staged[:, offset:])
+        self._store(staged[:, offset:], self._k[0])
+
+    def _store(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """dst[:, length:length+n] = src [kv_heads, n, d]. Into pinned memory the copies do not block: readers
+        on the GPU are queued behind them, and readers on the host call `wait_stores` first."""
+        window = dst[:, self.length : self.length + src.shape[1]]
+        if dst.device == src.device:
+            window.copy_(src)
+        else:
+            fast.copy_heads(src, window)
+
+    def wait_stores(self) -> None:
+        """Wait until the stores into pinned memory have landed, before the host reads the cache."""
+        if self.offload_to_cpu and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _rotate_into(self, keys: torch.Tensor, dst: torch.Tensor, start: int) -> None:
         """Write keys [kv_heads, n, d] to dst[:, start:start+n], each rotated to its offset inside its chunk."""

@@ -160,8 +160,11 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     vown = rows.on(device, f"vown {heads}",
                    lambda: (rows.starts // w * w).to(torch.int32).expand(heads, -1).contiguous())
     values, vsel = layer.values[0], sel
-    if values.device != device:
-        values, vsel, vown = _stage_values(values, sel, vown, current, w, groups, device)
+    if values.device != device and n_blocks:
+        values, vsel, vown = _stage_values(layer, sel, vown, current, w, groups, device)
+    # Otherwise offloaded values stay where they are: token rows alone (decoding) read their few chunks from
+    # pinned memory in place, over the bus, without a staging copy or a wait for the host.
+    tma = None if values.device == device else False
     half_cos, half_sin = state.table.halves(device)
     pack = cfg.granularity == "kv_group" and groups > 1
     for kind, which, block_m in (("blocks", torch.arange(n_blocks), 128 if keys.dtype != torch.float32 else 64),
@@ -172,23 +175,25 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
         tiles = rows.on(device, f"{kind} tiles {queries_per_tile}",
                         lambda which=which, q=queries_per_tile: _tiles(rows.starts, rows.ends, which, start, w, q))
         kernels.chunk_attention(q_pre, keys, values, half_cos, half_sin, sel, vsel, vown, tiles, w, scaling, out,
-                                block_m, pack)
+                                block_m, pack, tma=tma)
 
 
 def copy_heads(src: torch.Tensor, dst: torch.Tensor, start: int = 0) -> None:
-    """dst[h, start:] = src[h, start:] for every KV head of a cache slice [kv_heads, tokens, d], from pinned
-    memory without blocking. One copy per head: each is contiguous in the cache's buffer, while the slice of all
-    heads is not, and a strided copy would go through pageable memory first (a host copy, then a blocking one)."""
+    """dst[h, start:] = src[h, start:] for every KV head of a cache slice [kv_heads, tokens, d], between pinned
+    memory and the GPU without blocking. One copy per head: each is contiguous in the cache's buffer, while the
+    slice of all heads is not, and a strided copy would go through pageable memory (a host copy, then a
+    blocking one)."""
     for h in range(src.shape[0]):
         dst[h, start:].copy_(src[h, start:], non_blocking=True)
 
 
-def _stage_values(values: torch.Tensor, sel: torch.Tensor, vown: torch.Tensor, current: torch.Tensor, w: int,
+def _stage_values(layer, sel: torch.Tensor, vown: torch.Tensor, current: torch.Tensor, w: int,
                   groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bring offloaded values to the GPU: each KV head's selected and own chunks, or the whole layer when
+    """Bring the layer's offloaded values to the GPU: each KV head's selected and own chunks, or the whole layer when
     that is most of it (pinned copies are faster than a large gather). Returns the staged values [kv_heads,
     tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown) to read them by; for the whole layer,
     `sel` and `vown` as given."""
+    values = layer.values[0]
     kv_heads, length, _ = values.shape
     heads, n_rows, _ = sel.shape
     n_chunks = -(-length // w)
@@ -207,6 +212,7 @@ def _stage_values(values: torch.Tensor, sel: torch.Tensor, vown: torch.Tensor, c
     lut.scatter_(1, order, torch.arange(width, device=device).expand(kv_heads, -1))
     tokens = (order[:, :, None] * w + torch.arange(w, device=device)).clamp_(max=length - 1).flatten(1)
     kv_cpu = torch.arange(kv_heads)[:, None]
+    layer.wait_stores()
     staged = values[kv_cpu, tokens.cpu()].to(device, non_blocking=True)  # [kv_heads, width*w, d]
     vsel = lut[kv_of[:, None, None], sel.long()].to(torch.int32)
     vown = (lut[kv_of[:, None], current[None].expand(heads, -1)] * w).to(torch.int32)
