@@ -1,6 +1,6 @@
 """Where a LongHeads prefill spends its GPU time: torch.profiler's kernel table for one prefill.
 
-    python benchmarks/profile_prefill.py --tokens 100k [--layers 32] [--compile]
+    python benchmarks/profile_prefill.py --tokens 100k [--layers 32] [--compile] [--cpu-offload [--offload-keys]]
 
 Random weights of the Llama-3-8B shape, bf16, after one warm-up prefill (Triton compiles its kernels).
 """
@@ -25,10 +25,15 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--rows", type=int, default=25)
     ap.add_argument("--compile", action="store_true", help="LongHeadsConfig(compile_layers=True)")
+    ap.add_argument("--cpu-offload", action="store_true", help="LongHeadsConfig(cpu_offload=True)")
+    ap.add_argument("--offload-keys", action="store_true", help="offload_keys=True, with --cpu-offload")
+    ap.add_argument("--sort", default="self_cuda_time_total", help="profiler column to sort by (self_cpu_time_total: "
+                    "where the host waits)")
     args = ap.parse_args()
     n = parse_length(args.tokens)
     model = llama3_8b(args.layers)
-    longheads.enable(model, longheads.LongHeadsConfig(max_context=n + 64, compile_layers=args.compile))
+    longheads.enable(model, longheads.LongHeadsConfig(max_context=n + 64, compile_layers=args.compile,
+                                                      cpu_offload=args.cpu_offload, offload_keys=args.offload_keys))
     ids = torch.randint(0, 128000, (1, n), device="cuda")
 
     def prefill() -> float:
@@ -45,7 +50,7 @@ def main() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         prefill()
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by=args.sort, row_limit=args.rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":

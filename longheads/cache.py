@@ -15,8 +15,11 @@ instead of every layer's, and costs a host-to-device copy of them per layer and 
 
 from __future__ import annotations
 
+import math
 import threading
+import weakref
 
+import numpy
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -33,6 +36,29 @@ def current_layer(key: torch.Tensor) -> LongHeadsLayer | None:
     if layer is not None and layer.returned_keys is key:
         return layer
     return None
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Page-locked CPU memory of exactly this size, mapped for the GPU. PyTorch's pinned allocator rounds every
+    block up to a power of two (ATen's CachingHostAllocator), so a layer's 256 MiB of values at 128k would take
+    512, and it pinned a 128k cache's values 4x slower than registering pageable memory does (9.6 s against
+    2.5 s for 32 layers on an H100 host, docs/benchmarks.md)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    buffer = numpy.empty(nbytes, dtype=numpy.uint8)
+    address = buffer.ctypes.data
+    if nbytes == 0 or int(torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)) != 0:
+        return torch.empty(shape, dtype=dtype, pin_memory=nbytes > 0)  # e.g. a locked-memory limit
+    # The tensor keeps the array alive, so this runs when the last view of it is gone, before numpy frees it.
+    weakref.finalize(buffer, _unregister, address)
+    return torch.from_numpy(buffer).view(dtype).view(shape)
+
+
+def _unregister(address: int) -> None:
+    try:
+        torch.cuda.synchronize()  # copies from or into it may still be in flight
+        torch.cuda.cudart().cudaHostUnregister(address)
+    except Exception:  # noqa: BLE001 - at interpreter exit CUDA may be gone already
+        pass
 
 
 _copy_streams: dict[torch.device, torch.cuda.Stream] = {}
@@ -89,8 +115,9 @@ class LongHeadsLayer(CacheLayerMixin):
     @staticmethod
     def _alloc(like: torch.Tensor, capacity: int, device: torch.device) -> torch.Tensor:
         b, h, _, d = like.shape
-        pin = device.type == "cpu" and torch.cuda.is_available()
-        return torch.empty(b, h, capacity, d, dtype=like.dtype, device=device, pin_memory=pin)
+        if device.type == "cpu" and torch.cuda.is_available():
+            return pinned_empty((b, h, capacity, d), like.dtype)
+        return torch.empty(b, h, capacity, d, dtype=like.dtype, device=device)
 
     def _grow(self, needed: int) -> None:
         capacity = self._k.shape[2]

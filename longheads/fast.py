@@ -189,10 +189,12 @@ def copy_heads(src: torch.Tensor, dst: torch.Tensor, start: int = 0) -> None:
 
 def _stage_values(layer, sel: torch.Tensor, vown: torch.Tensor, current: torch.Tensor, w: int,
                   groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bring the layer's offloaded values to the GPU: each KV head's selected and own chunks, or the whole layer when
-    that is most of it (pinned copies are faster than a large gather). Returns the staged values [kv_heads,
-    tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown) to read them by; for the whole layer,
-    `sel` and `vown` as given."""
+    """Bring the layer's offloaded values to the GPU: each KV head's selected and own chunks (gathered by the GPU
+    from pinned memory), or the whole layer when that is most of it (pinned copies are faster than a large
+    gather). Returns the staged values [kv_heads, tokens, d] and the chunk ids (vsel) and own-chunk tokens (vown)
+    to read them by; for the whole layer, `sel` and `vown` as given."""
+    from . import kernels
+
     values = layer.values[0]
     kv_heads, length, _ = values.shape
     heads, n_rows, _ = sel.shape
@@ -210,10 +212,7 @@ def _stage_values(layer, sel: torch.Tensor, vown: torch.Tensor, current: torch.T
     order = torch.sort((~need).to(torch.int8), dim=1, stable=True).indices[:, :width]
     lut = torch.zeros(kv_heads, n_chunks, dtype=torch.long, device=device)
     lut.scatter_(1, order, torch.arange(width, device=device).expand(kv_heads, -1))
-    tokens = (order[:, :, None] * w + torch.arange(w, device=device)).clamp_(max=length - 1).flatten(1)
-    kv_cpu = torch.arange(kv_heads)[:, None]
-    layer.wait_stores()
-    staged = values[kv_cpu, tokens.cpu()].to(device, non_blocking=True)  # [kv_heads, width*w, d]
+    staged = kernels.gather_chunks(values, order, w, device)  # [kv_heads, width*w, d]
     vsel = lut[kv_of[:, None, None], sel.long()].to(torch.int32)
     vown = (lut[kv_of[:, None], current[None].expand(heads, -1)] * w).to(torch.int32)
     return staged, vsel.contiguous(), vown.contiguous()

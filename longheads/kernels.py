@@ -296,6 +296,38 @@ def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chu
 
 
 @triton.jit
+def _gather_chunks_kernel(src_ptr, dst_ptr, order_ptr, length, stride_sh, stride_sn, stride_dh, stride_dn, stride_oh,
+                          CHUNK: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+    slot = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    chunk = tl.load(order_ptr + head * stride_oh + slot).to(tl.int64)
+    cols = tl.arange(0, D)[None, :]
+    for j0 in range(0, CHUNK, BLOCK):
+        tok = j0 + tl.arange(0, BLOCK)
+        src_tok = chunk * CHUNK + tok
+        x = tl.load(src_ptr + head * stride_sh + src_tok[:, None] * stride_sn + cols, mask=(src_tok < length)[:, None],
+                    other=0.0)
+        tl.store(dst_ptr + head * stride_dh + (slot * CHUNK + tok)[:, None].to(tl.int64) * stride_dn + cols, x)
+
+
+def gather_chunks(src: torch.Tensor, order: torch.Tensor, chunk_size: int, device: torch.device) -> torch.Tensor:
+    """out[h, i*w:(i+1)*w] = chunk order[h, i] of src[h] for a cache src [kv_heads, tokens, d], on `device`.
+
+    src may be in pinned CPU memory: the GPU then reads it in place over the bus (CUDA maps pinned memory into
+    its address space), only the chunks asked for, queued behind the stores into it and with no work on the
+    host. Tokens past the end of src read as zeros. order [kv_heads, width] int on `device`."""
+    kv_heads, length, d = src.shape
+    width = order.shape[1]
+    out = torch.empty(kv_heads, width * chunk_size, d, dtype=src.dtype, device=device)
+    if width:
+        _gather_chunks_kernel[(width, kv_heads)](
+            src, out, order, length, src.stride(0), src.stride(1), out.stride(0), out.stride(1), order.stride(0),
+            CHUNK=chunk_size, D=d, BLOCK=min(chunk_size, 64), num_warps=4,
+        )
+    return out
+
+
+@triton.jit
 def _store_keys_kernel(src_ptr, dst_ptr, cos_ptr, sin_ptr, start, n, stride_sh, stride_sn, stride_dh, stride_dn,
                        CHUNK: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
     tok = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
