@@ -100,3 +100,21 @@ def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, of
     if offload:  # the same kernels read the same numbers wherever the cache lives
         assert r["offload_selection_rows_equal"] == r["selection_rows"], r
         assert r["offload_max_abs_diff"] == 0.0, r
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offloaded_cache_memory_is_exact_pinned_and_read_in_place():
+    from longheads import kernels
+    from longheads.cache import pinned_empty
+
+    shape = (3, 1000, 64)  # 1000 tokens: the last chunk of 64 is cut short
+    values = pinned_empty(shape, torch.bfloat16)
+    assert values.shape == shape and values.is_pinned()
+    assert values.untyped_storage().nbytes() == 3 * 1000 * 64 * 2  # no rounding up to a power of two
+    values.copy_(torch.randn(shape))
+    order = torch.tensor([[15, 0, 7], [3, 3, 9], [14, 1, 2]], device="cuda")
+    staged = kernels.gather_chunks(values, order, 64, torch.device("cuda"))
+    padded = torch.cat([values, values.new_zeros(3, 24, 64)], 1)  # chunk 15 holds 40 tokens, then zeros
+    tokens = (order.cpu()[:, :, None] * 64 + torch.arange(64)).flatten(1)
+    assert torch.equal(staged.cpu(), padded[torch.arange(3)[:, None], tokens])
