@@ -57,7 +57,7 @@ def _unregister(address: int) -> None:
     try:
         torch.cuda.synchronize()  # copies from or into it may still be in flight
         torch.cuda.cudart().cudaHostUnregister(address)
-    except Exception:  # noqa: BLE001 - at interpreter exit CUDA may be gone already
+    except Exception:  # at interpreter exit CUDA may be gone already
         pass
 
 
