@@ -44,10 +44,20 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     512, and it pinned a 128k cache's values 4x slower than registering pageable memory does (9.6 s against
     2.5 s for 32 layers on an H100 host, docs/benchmarks.md)."""
     nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
     buffer = numpy.empty(nbytes, dtype=numpy.uint8)
     address = buffer.ctypes.data
-    if nbytes == 0 or int(torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)) != 0:
-        return torch.empty(shape, dtype=dtype, pin_memory=nbytes > 0)  # e.g. a locked-memory limit
+    error = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
+    if int(error) != 0:
+        # The failed call stays CUDA's "last error" until something reads it, and PyTorch's next kernel launch
+        # would: launch one here, so that the error surfaces once, as this message.
+        try:
+            torch.ones(1, device="cuda")
+        except RuntimeError:
+            pass
+        raise RuntimeError(f"could not pin {nbytes / 2**30:.2f} GiB of CPU memory for the offloaded KV cache: "
+                           f"{torch.cuda.cudart().cudaGetErrorString(error)}")
     # The tensor keeps the array alive, so this runs when the last view of it is gone, before numpy frees it.
     weakref.finalize(buffer, _unregister, address)
     return torch.from_numpy(buffer).view(dtype).view(shape)

@@ -139,12 +139,18 @@ class LongHeadsModel:
             logits = encode_pieces(self.model, cache, torch.tensor([ids], device=self.device), reused, progress)
         except Exception as exc:
             if _is_oom(exc):
-                del cache
+                del cache, old  # the traceback would keep them (and their memory) alive
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+                cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if not self.config.cpu_offload:
+                    advice = "Enable cpu_offload (and offload_keys), use a smaller max_context, or a smaller model."
+                elif not self.config.offload_keys:
+                    advice = "Enable offload_keys too, free CPU memory, or use a smaller max_context or model."
+                else:
+                    advice = "Free CPU memory, or use a smaller max_context or a smaller model."
                 raise OutOfMemoryError(
-                    f"Out of memory while encoding {total:,} tokens on {self.device}. Enable cpu_offload "
-                    "(and offload_keys), use a smaller max_context, or a smaller model."
+                    f"Out of memory while encoding {total:,} tokens on {self.device} ({cause}). {advice}"
                 ) from exc
             raise
         self._encoded = _Encoded(cache, list(ids))

@@ -94,6 +94,22 @@ def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
     assert first == fresh
 
 
+def test_out_of_memory_while_encoding_is_a_clear_error_and_the_engine_stays_usable(engine, monkeypatch):
+    messages = longheads.document_messages("The lighthouse keeper keeps three cats.", "How many cats?")
+    before = engine.generate(messages, max_new_tokens=6)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine.model, "forward", out_of_memory)
+    engine.reset()
+    with pytest.raises(longheads.OutOfMemoryError, match=r"while encoding [\d,]+ tokens on cpu \(CUDA out of memory\. "
+                       r"Tried to allocate 2\.00 GiB\)\. Enable cpu_offload"):
+        engine.generate(messages, max_new_tokens=6)
+    monkeypatch.undo()
+    assert engine.generate(messages, max_new_tokens=6) == before  # nothing half-encoded was kept
+
+
 def _trace(rows: list[list[list[int]]]) -> longheads.SelectionTrace:
     """A trace of 12 chunks whose single layer's heads read the given chunks at each step."""
     return longheads.SelectionTrace(

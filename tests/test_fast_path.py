@@ -118,3 +118,22 @@ def test_offloaded_cache_memory_is_exact_pinned_and_read_in_place():
     padded = torch.cat([values, values.new_zeros(3, 24, 64)], 1)  # chunk 15 holds 40 tokens, then zeros
     tokens = (order.cpu()[:, :, None] * 64 + torch.arange(64)).flatten(1)
     assert torch.equal(staged.cpu(), padded[torch.arange(3)[:, None], tokens])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_memory_that_cannot_be_pinned_is_a_clear_error_raised_once(monkeypatch):
+    import numpy
+
+    from longheads import cache
+
+    taken = numpy.empty(1 << 16, dtype=numpy.uint8)  # registered already: CUDA refuses to register it again
+    assert int(torch.cuda.cudart().cudaHostRegister(taken.ctypes.data, taken.nbytes, 0)) == 0
+    try:
+        monkeypatch.setattr(cache.numpy, "empty", lambda *args, **kwargs: taken)
+        with pytest.raises(RuntimeError, match=r"could not pin 0\.00 GiB of CPU memory for the offloaded KV cache"):
+            cache.pinned_empty((1, 1 << 15), torch.bfloat16)
+        monkeypatch.undo()
+        assert float((torch.ones(4, device="cuda") + 1).sum()) == 8.0  # no stale CUDA error left behind
+    finally:
+        torch.cuda.cudart().cudaHostUnregister(taken.ctypes.data)
