@@ -142,19 +142,20 @@ class LongHeadsModel:
                 del cache, old  # the traceback would keep them (and their memory) alive
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if not self.config.cpu_offload:
-                    advice = "Enable cpu_offload (and offload_keys), use a smaller max_context, or a smaller model."
-                elif not self.config.offload_keys:
-                    advice = "Enable offload_keys too, free CPU memory, or use a smaller max_context or model."
-                else:
-                    advice = "Free CPU memory, or use a smaller max_context or a smaller model."
-                raise OutOfMemoryError(
-                    f"Out of memory while encoding {total:,} tokens on {self.device} ({cause}). {advice}"
-                ) from exc
+                raise self._out_of_memory(exc, f"encoding {total:,} tokens") from exc
             raise
         self._encoded = _Encoded(cache, list(ids))
         return logits, reused
+
+    def _out_of_memory(self, exc: BaseException, doing: str) -> OutOfMemoryError:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not self.config.cpu_offload:
+            advice = "Enable cpu_offload (and offload_keys), use a smaller max_context, or a smaller model."
+        elif not self.config.offload_keys:
+            advice = "Enable offload_keys too, free CPU memory, or use a smaller max_context or model."
+        else:
+            advice = "Free CPU memory, or use a smaller max_context or a smaller model."
+        return OutOfMemoryError(f"Out of memory while {doing} on {self.device} ({cause}). {advice}")
 
     # --- generation ----------------------------------------------------------------------------------------
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
@@ -197,8 +198,14 @@ class LongHeadsModel:
                             break
                         out_ids.append(token)
                         self._encoded.ids.append(token)
-                        logits = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                            past_key_values=cache, use_cache=True).logits[0, -1]
+                        try:
+                            logits = self.model(input_ids=torch.tensor([[token]], device=self.device),
+                                                past_key_values=cache, use_cache=True).logits[0, -1]
+                        except Exception as exc:
+                            self._encoded = None  # some layers may have stored this token and others not
+                            if _is_oom(exc):
+                                raise self._out_of_memory(exc, f"generating after {len(ids):,} prompt tokens") from exc
+                            raise
                         steps.append(self._selection_step(cache))
                         decoded = self.tokenizer.decode(out_ids, skip_special_tokens=True)
                         cut = min((decoded.find(s) for s in stop if s in decoded), default=-1)

@@ -109,6 +109,14 @@ def test_out_of_memory_while_encoding_is_a_clear_error_and_the_engine_stays_usab
     monkeypatch.undo()
     assert engine.generate(messages, max_new_tokens=6) == before  # nothing half-encoded was kept
 
+    forward = engine.model.forward
+    monkeypatch.setattr(engine.model, "forward", lambda input_ids, **kwargs: (
+        out_of_memory() if input_ids.shape[1] == 1 else forward(input_ids=input_ids, **kwargs)))
+    with pytest.raises(longheads.OutOfMemoryError, match=r"while generating after [\d,]+ prompt tokens on cpu"):
+        engine.generate(messages, max_new_tokens=6)
+    monkeypatch.undo()
+    assert engine.generate(messages, max_new_tokens=6) == before
+
 
 def _trace(rows: list[list[list[int]]]) -> longheads.SelectionTrace:
     """A trace of 12 chunks whose single layer's heads read the given chunks at each step."""
