@@ -202,7 +202,9 @@ class LongHeadsModel:
                             logits = self.model(input_ids=torch.tensor([[token]], device=self.device),
                                                 past_key_values=cache, use_cache=True).logits[0, -1]
                         except Exception as exc:
-                            self._encoded = None  # some layers may have stored this token and others not
+                            # Some layers may have stored this token and others not: drop the cache (and the
+                            # frame's reference, which the traceback would keep alive).
+                            self._encoded = cache = None
                             if _is_oom(exc):
                                 raise self._out_of_memory(exc, f"generating after {len(ids):,} prompt tokens") from exc
                             raise

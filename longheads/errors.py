@@ -32,5 +32,5 @@ class ModelLoadError(LongHeadsError, RuntimeError):
 
 
 class OutOfMemoryError(LongHeadsError, RuntimeError):
-    """The device (or, with offload, the host) ran out of memory while encoding a prompt. The engine stays usable:
-    its document cache is dropped and the next call encodes its prompt afresh."""
+    """The device (or, with offload, the host) ran out of memory while encoding a prompt or generating. The engine
+    stays usable: its document cache is dropped and the next call encodes its prompt afresh."""
