@@ -42,7 +42,8 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Page-locked CPU memory of exactly this size, mapped for the GPU. PyTorch's pinned allocator rounds every
     block up to a power of two (ATen's CachingHostAllocator), so a layer's 256 MiB of values at 128k would take
     512, and it pinned a 128k cache's values 4x slower than registering pageable memory does (9.6 s against
-    2.5 s for 32 layers on an H100 host, docs/benchmarks.md)."""
+    2.5 s for 32 layers on an H100 host, docs/benchmarks.md). Where CUDA refuses the registration for a reason
+    other than memory, PyTorch's allocator is used after all; out of memory is an error."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
@@ -51,13 +52,16 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     error = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
     if int(error) != 0:
         # The failed call stays CUDA's "last error" until something reads it, and PyTorch's next kernel launch
-        # would: launch one here, so that the error surfaces once, as this message.
+        # would: launch one here, so that it is read now and handled below.
         try:
             torch.ones(1, device="cuda")
         except RuntimeError:
             pass
-        raise RuntimeError(f"could not pin {nbytes / 2**30:.2f} GiB of CPU memory for the offloaded KV cache: "
-                           f"{torch.cuda.cudart().cudaGetErrorString(error)}")
+        if int(error) == 2:  # cudaErrorMemoryAllocation
+            raise RuntimeError(f"could not pin {nbytes / 2**30:.2f} GiB of CPU memory for the offloaded KV cache: "
+                               f"{torch.cuda.cudart().cudaGetErrorString(error)}")
+        # Registration refused for another reason (not every platform supports it): PyTorch's pinned blocks.
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
     # The tensor keeps the array alive, so this runs when the last view of it is gone, before numpy frees it.
     weakref.finalize(buffer, _unregister, address)
     return torch.from_numpy(buffer).view(dtype).view(shape)
