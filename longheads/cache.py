@@ -339,6 +339,10 @@ class LongHeadsCache(Cache):
         for layer in self.layers:
             layer.crop(max_length)
 
+    def capacity(self) -> int:
+        """Tokens every layer has storage for (0 before the first update)."""
+        return min((layer._k.shape[2] if layer.is_initialized else 0) for layer in self.layers)
+
     def reserve(self, tokens: int) -> None:
         """Make room for `tokens` tokens in one allocation per layer (growth by doubling would briefly hold
         old and new storage, and up to twice the memory needed, which matters at 100k+ tokens)."""

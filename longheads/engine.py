@@ -127,19 +127,24 @@ class LongHeadsModel:
         # Whole chunks only: a chunk's summary needs all its tokens from one pass, and the last prompt
         # token always runs again because its logits start the answer.
         reused = shared - shared % w
-        if old is not None and reused > 0:
+        total = len(ids)
+        # Another document reuses the old cache's storage where it is large enough (no new allocation, which
+        # for offloaded caches means pinning gigabytes again); otherwise the old cache goes first, so that the
+        # two are never held at once.
+        if old is not None and (reused > 0 or old.cache.capacity() >= total + room):
             cache = old.cache
             cache.crop(reused)
         else:
-            cache, reused = LongHeadsCache(self.model), 0
-        self._encoded = None  # until the cache is consistent again
-        total = len(ids)
+            cache, reused = None, 0
+        self._encoded = old = None  # until the cache is consistent again
         try:
+            if cache is None:
+                cache = LongHeadsCache(self.model)
             cache.reserve(total + room)
             logits = encode_pieces(self.model, cache, torch.tensor([ids], device=self.device), reused, progress)
         except Exception as exc:
             if _is_oom(exc):
-                del cache, old  # the traceback would keep them (and their memory) alive
+                del cache  # the traceback would keep it (and its memory) alive
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise self._out_of_memory(exc, f"encoding {total:,} tokens") from exc

@@ -83,9 +83,14 @@ def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
     document = " ".join(f"Line {i}: the harbour bell rang {i % 7} times that evening." for i in range(300))
     q1 = longheads.document_messages(document, "How many times did the bell ring on line 3?")
     q2 = longheads.document_messages(document, "What rang in the harbour?")
+    other = " ".join(f"Note {i}: the ferry carried {i % 5} carts across the sound." for i in range(330))
     engine.reset()
+    engine.generate(longheads.document_messages(other, "What did the ferry carry?"), max_new_tokens=4)
+    storage = engine._encoded.cache
     n = engine.encode(q1)
     assert n > 4096  # beyond the attention length: LongHeads selection is active
+    # Another, shorter document: encoded from scratch into the storage the first one left.
+    assert engine._encoded.cache is storage
     first = engine.generate(q2, max_new_tokens=12)
     assert engine.last_usage["cached_tokens"] >= n - 300
     engine.reset()
