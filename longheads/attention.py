@@ -104,6 +104,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         fast.attend_rows(layer, state, query, start, rows, scores, scaling, out)
         return out
     groups = state.num_heads // state.num_kv_heads
+    layer.wait_stores()  # the rows below gather offloaded keys or values on the host
     for r, (a, b) in enumerate(zip(rows.starts.tolist(), rows.ends.tolist(), strict=True)):
         current = a // w
         row = scores[:, r, :current]
@@ -170,8 +171,7 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     k = layer.keys_on(q_rot.device)[0, :, :end]
     v = layer.values[0, :, :end]
     if v.device != q_rot.device:  # offloaded: queued behind the stores still in flight (LongHeadsLayer._store)
-        v, staged = torch.empty(v.shape, dtype=v.dtype, device=q_rot.device), v
-        fast.copy_heads(staged, v)
+        v = fast.heads_to(v, q_rot.device)
     # Cached keys carry their offset inside their chunk; the chunk's own start completes their position.
     starts = chunk_starts(end, state.config.chunk_size, q_rot.device)
     k = apply_rope(k.float(), cos[starts], sin[starts]).to(q_rot.dtype)
@@ -236,7 +236,6 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     chunk_start = (pos // w) * w
     own = pos + m - chunk_start  # tokens of the current chunk visible to the last query
     storage = layer.keys.device
-    layer.wait_stores()  # offloaded keys or values are gathered on the host below
     groups = state.num_heads // state.num_kv_heads
     if groups > 1 and state.config.granularity == "kv_group":
         # Heads of a group read the same chunks: gather each KV head once and let SDPA share it (GQA).

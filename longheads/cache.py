@@ -140,10 +140,9 @@ class LongHeadsLayer(CacheLayerMixin):
         # Geometric growth keeps appends amortised O(1), unlike torch.cat of the whole cache at every step;
         # a factor of 1.25 rather than 2 because at 100k+ tokens the spare room is gigabytes.
         new_capacity = self.reserved if needed <= self.reserved else max(needed, capacity + capacity // 4, 1024)
+        self.wait_stores()  # the copies below read offloaded storage on the host
         for name in ("_k", "_v"):
             old = getattr(self, name)
-            if old.device.type == "cpu":
-                self.wait_stores()
             new = self._alloc(old, new_capacity, old.device)
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
@@ -193,8 +192,8 @@ class LongHeadsLayer(CacheLayerMixin):
                 stream = torch.cuda.current_stream(device)
                 stream.wait_event(arrived)
                 early.record_stream(stream)  # used here, though allocated on the copy stream
-                done = early.shape[2]
-                copy[:, :, :done].copy_(early)
+                done = early.shape[1]
+                copy[0, :, :done].copy_(early)
             fast.copy_heads(keys[0], copy[0], done)
             self._device_keys = copy
         return self._device_keys
@@ -207,8 +206,7 @@ class LongHeadsLayer(CacheLayerMixin):
         stream = _copy_stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))  # after the keys' own stores (`_store`)
         with torch.cuda.stream(stream):
-            early = torch.empty(self.keys.shape, dtype=self._k.dtype, device=device)
-            fast.copy_heads(self.keys[0], early[0], 0)
+            early = fast.heads_to(self.keys[0], device)
             arrived = torch.cuda.Event()
             arrived.record(stream)
         self._prefetched = early, arrived

@@ -187,6 +187,13 @@ def copy_heads(src: torch.Tensor, dst: torch.Tensor, start: int = 0) -> None:
         dst[h, start:].copy_(src[h, start:], non_blocking=True)
 
 
+def heads_to(src: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of the cache slice src [kv_heads, tokens, d] on `device`, made by `copy_heads`."""
+    out = torch.empty(src.shape, dtype=src.dtype, device=device)
+    copy_heads(src, out)
+    return out
+
+
 def _stage_values(layer, sel: torch.Tensor, vown: torch.Tensor, current: torch.Tensor, w: int,
                   groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bring the layer's offloaded values to the GPU: each KV head's selected and own chunks (gathered by the GPU
@@ -205,9 +212,7 @@ def _stage_values(layer, sel: torch.Tensor, vown: torch.Tensor, current: torch.T
     need[kv_of[:, None].expand(-1, n_rows), current[None].expand(heads, -1)] = True
     width = int(need.sum(1).max())
     if 2 * width >= n_chunks:
-        staged = torch.empty(values.shape, dtype=values.dtype, device=device)
-        copy_heads(values, staged)
-        return staged, sel, vown
+        return heads_to(values, device), sel, vown
     # Per KV head, its needed chunks first (in order), then padding.
     order = torch.sort((~need).to(torch.int8), dim=1, stable=True).indices[:, :width]
     lut = torch.zeros(kv_heads, n_chunks, dtype=torch.long, device=device)
