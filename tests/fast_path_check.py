@@ -2,6 +2,11 @@
 
     python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload[_keys]|pointers|VOTE[:SCOPE]]
 
+GRANULARITY may list several checks, comma-separated, each with its own option after a slash (kv_group,head,
+kv_group/pointers,kv_group/mass:head): one process, one model, one JSON line per check, in order. The Triton
+interpreter's checks are batched this way, because importing torch, transformers and triton takes a check's
+process several seconds on a small CPU.
+
 offload, offload_keys: both paths with the values (and the keys) in CPU memory; the fast path is also run without
 offload, and its outputs and selections compared with the offloaded run's.
 
@@ -9,7 +14,7 @@ pointers: the attention kernel loads tiles through pointers, as before Hopper, e
 tensor descriptors (on Hopper, and in the interpreter).
 
 Used by tests/test_fast_path.py in a subprocess, because Triton's CPU interpreter (TRITON_INTERPRET=1)
-must be switched on before triton is imported. Prints one JSON line.
+must be switched on before triton is imported.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def run(model, ids: torch.Tensor, cuts: list[int], backend: str, cfg: dict) -> t
 
 
 def main() -> None:
-    device, dtype, granularity, head_dim, length = sys.argv[1:6]
+    device, dtype, checks, head_dim, length = sys.argv[1:6]
     head_dim, length = int(head_dim), int(length)
     if device == "cpu":  # the interpreter runs the kernels on CPU tensors
         fast.available = lambda _device: True
@@ -50,23 +55,35 @@ def main() -> None:
                          num_hidden_layers=2 if dtype == "float32" else 1, num_attention_heads=6,
                          num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256)
     model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
-    extra = sys.argv[6] if sys.argv[6:] else ""
-    offload = extra in ("offload", "offload_keys")
-    cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
-               cpu_offload=offload, offload_keys=extra == "offload_keys")
-    if extra == "pointers":
-        kernels.tensor_memory_accelerator = lambda _device: False
-    elif extra and not offload:  # VOTE or VOTE:SCOPE
-        cfg["vote"], _, scope = extra.partition(":")
-        cfg["vote_scope"] = scope or "layer"
     # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
     # chunks exactly equal scores, a tie each path may break its own way.
     ids = torch.randperm(32000, generator=torch.Generator().manual_seed(1))[: length + 8][None].to(device)
+    for check in checks.split(","):
+        granularity, _, extra = check.partition("/")
+        print(json.dumps(compare(model, ids, granularity, extra or (sys.argv[6] if sys.argv[6:] else ""))),
+              flush=True)
+
+
+def compare(model, ids: torch.Tensor, granularity: str, extra: str) -> dict:
+    """The reference path against the fast path on one configuration."""
+    length = ids.shape[1] - 8
+    offload = extra in ("offload", "offload_keys")
+    cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
+               cpu_offload=offload, offload_keys=extra == "offload_keys")
+    if extra and not offload and extra != "pointers":  # VOTE or VOTE:SCOPE
+        cfg["vote"], _, scope = extra.partition(":")
+        cfg["vote_scope"] = scope or "layer"
     # A long first call (plain region, blocks, tail), a second piece, one shorter than the tail (a question
     # after a cached document), then token-by-token decoding.
     cuts = [0, length - 37, length - 3, length] + list(range(length + 1, length + 9))
     ref, ref_sel = run(model, ids, cuts, "reference", cfg)
-    got, got_sel = run(model, ids, cuts, "triton", cfg)
+    tensor_memory_accelerator = kernels.tensor_memory_accelerator
+    if extra == "pointers":
+        kernels.tensor_memory_accelerator = lambda _device: False
+    try:
+        got, got_sel = run(model, ids, cuts, "triton", cfg)
+    finally:
+        kernels.tensor_memory_accelerator = tensor_memory_accelerator
     report = {
         "max_abs_diff": (ref - got).abs().max().item(),
         "max_abs_logit": ref.abs().max().item(),
@@ -77,7 +94,7 @@ def main() -> None:
         plain, plain_sel = run(model, ids, cuts, "triton", dict(cfg, cpu_offload=False, offload_keys=False))
         report["offload_max_abs_diff"] = (plain - got).abs().max().item()
         report["offload_selection_rows_equal"] = _rows_equal(plain_sel, got_sel)
-    print(json.dumps(report))
+    return report
 
 
 def _rows_equal(a: list, b: list) -> int:

@@ -79,11 +79,16 @@ def test_generate_stream_stop_and_usage(engine):
     assert usage["prompt_tokens"] > 10 and 0 < usage["completion_tokens"] <= 40
 
 
+# About 4,260 tokens with the chat template: just beyond the attention length (4096), so LongHeads selects. The
+# document cache and trace tests share it, so that the trace test reuses the encoding the cache test leaves.
+BELLS = " ".join(f"Line {i}: the harbour bell rang {i % 7} times that evening." for i in range(270))
+
+
 def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
-    document = " ".join(f"Line {i}: the harbour bell rang {i % 7} times that evening." for i in range(300))
+    document = BELLS
     q1 = longheads.document_messages(document, "How many times did the bell ring on line 3?")
     q2 = longheads.document_messages(document, "What rang in the harbour?")
-    other = " ".join(f"Note {i}: the ferry carried {i % 5} carts across the sound." for i in range(330))
+    other = " ".join(f"Note {i}: the ferry carried {i % 5} carts across the sound." for i in range(290))
     engine.reset()
     engine.generate(longheads.document_messages(other, "What did the ferry carry?"), max_new_tokens=4)
     storage = engine._encoded.cache
@@ -97,6 +102,24 @@ def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
     fresh = engine.generate(q2, max_new_tokens=12)
     assert engine.last_usage["cached_tokens"] == 0
     assert first == fresh
+
+
+def test_trace_describes_chunks_and_selections(engine):
+    engine.generate(longheads.document_messages(BELLS, "How often did the bell ring on line 10?"), max_new_tokens=5)
+    trace = engine.last_trace
+    cfg = engine.config
+    assert trace.prompt_tokens > cfg.attention_length
+    assert trace.selections.shape[1:] == (engine.num_layers, engine.num_heads, cfg.slots)
+    assert trace.selections.shape[0] == engine.last_usage["completion_tokens"] + 1
+    assert trace.num_chunks == -(-(trace.prompt_tokens + engine.last_usage["completion_tokens"]) // cfg.chunk_size)
+    counts = trace.chunk_counts()
+    assert counts.shape == (trace.num_chunks,) and counts[0] == trace.selections[:, :, :, 0].numel()
+    assert trace.head_grid(0).shape == (engine.num_layers, engine.num_heads)
+    top = trace.top_chunks(5)
+    assert top and all(0 < c < trace.num_chunks for c in top)
+    start, end = trace.chunk_char_spans[top[0]]
+    assert 0 <= start < end <= len(trace.prompt_text) and "Line" in trace.chunk_text(top[0])
+    assert torch.all(trace.selections < trace.num_chunks)
 
 
 def test_out_of_memory_while_encoding_is_a_clear_error_and_the_engine_stays_usable(engine, monkeypatch):
@@ -140,22 +163,3 @@ def test_top_chunks_leave_out_what_a_neutral_question_reads_too():
     assert answer.top_chunks(3) == [3, 7, 5]
     assert answer.top_chunks(3, baseline=neutral) == [7, 5]  # 3: no more than usual; 9: read less
     assert answer.top_chunks(1, baseline=neutral) == [7]
-
-
-def test_trace_describes_chunks_and_selections(engine):
-    document = " ".join(f"Entry {i}: the tide table lists {i * 3} centimetres." for i in range(300))
-    engine.generate(longheads.document_messages(document, "What does entry 10 list?"), max_new_tokens=5)
-    trace = engine.last_trace
-    cfg = engine.config
-    assert trace.prompt_tokens > cfg.attention_length
-    assert trace.selections.shape[1:] == (engine.num_layers, engine.num_heads, cfg.slots)
-    assert trace.selections.shape[0] == engine.last_usage["completion_tokens"] + 1
-    assert trace.num_chunks == -(-(trace.prompt_tokens + engine.last_usage["completion_tokens"]) // cfg.chunk_size)
-    counts = trace.chunk_counts()
-    assert counts.shape == (trace.num_chunks,) and counts[0] == trace.selections[:, :, :, 0].numel()
-    assert trace.head_grid(0).shape == (engine.num_layers, engine.num_heads)
-    top = trace.top_chunks(5)
-    assert top and all(0 < c < trace.num_chunks for c in top)
-    start, end = trace.chunk_char_spans[top[0]]
-    assert 0 <= start < end <= len(trace.prompt_text) and "Entry" in trace.chunk_text(top[0])
-    assert torch.all(trace.selections < trace.num_chunks)

@@ -20,19 +20,20 @@ triton = pytest.importorskip("triton", reason="the fast path needs triton (pip i
 CHECK = Path(__file__).with_name("fast_path_check.py")
 
 
-def _check(device: str, dtype: str, granularity: str, head_dim: int, length: int, interpret: bool,
-           offload: str | None = None, vote: str | None = None, pointers: bool = False) -> dict:
+def _check(device: str, dtype: str, checks: list[str], head_dim: int, length: int, interpret: bool) -> list[dict]:
+    """Runs fast_path_check.py on CHECKS (GRANULARITY or GRANULARITY/OPTION each) in one process."""
     # The source tree first, so that the check imports this checkout's longheads even where it is not installed
     # (as `python -m pytest` in the checkout finds it for the tests themselves).
     path = os.pathsep.join(filter(None, [str(CHECK.parents[1]), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0", PYTHONPATH=path)
     if interpret:  # the interpreter runs one program at a time: one thread each, so that two checks share the CPU
         env["OMP_NUM_THREADS"] = "1"
-    args = [sys.executable, str(CHECK), device, dtype, granularity, str(head_dim), str(length)]
-    args += [offload] if offload else ["pointers"] if pointers else [vote] if vote else []
+    args = [sys.executable, str(CHECK), device, dtype, ",".join(checks), str(head_dim), str(length)]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    reports = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    assert len(reports) == len(checks), proc.stdout[-3000:]
+    return reports
 
 
 def _interpreter_works() -> bool:
@@ -42,29 +43,32 @@ def _interpreter_works() -> bool:
     return tuple(int(x) for x in numpy.__version__.split(".")[:2]) < (2, 3)
 
 
-# Interpreter checks, keyed (granularity, pointers, vote). The interpreter takes Hopper's path (tiles through
-# tensor descriptors); pointers: the path before it. The votes checks compare the reference, which pools the
-# question's votes token by token, with the fast path's cumulative sums and maxima; the default votes ("rank"
+# Interpreter checks (GRANULARITY/OPTION, see fast_path_check.py). The interpreter takes Hopper's path (tiles
+# through tensor descriptors); pointers: the path before it. The votes checks compare the reference, which pools
+# the question's votes token by token, with the fast path's cumulative sums and maxima; the default votes ("rank"
 # with vote_scope "model") are the first kernels check's.
-KERNEL_CHECKS = {"kv_group": ("kv_group", False, None), "head": ("head", False, None),
-                 "kv_group-pointer-loads": ("kv_group", True, None)}
-VOTE_CHECKS = {vote: ("kv_group", False, vote) for vote in ("none", "max", "mass", "rank:head", "mass:head")}
+KERNEL_CHECKS = {"kv_group": "kv_group", "head": "head", "kv_group-pointer-loads": "kv_group/pointers"}
+VOTE_CHECKS = {vote: f"kv_group/{vote}" for vote in ("none", "max", "mass", "rank:head", "mass:head")}
 
 
 @pytest.fixture(scope="module")
 def interpreter_checks(request: pytest.FixtureRequest):
-    """The selected tests' checks, each about half a minute of one core, run side by side (one per core)."""
+    """The selected tests' checks, each about half a minute of one core, in one process per core."""
     if not _interpreter_works():
         pytest.skip("Triton's CPU interpreter needs numpy < 2.3")
-    keys = {item.callspec.params["check"] for item in request.session.items
-            if "interpreter_checks" in getattr(item, "fixturenames", ())}
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        yield {key: pool.submit(_check, "cpu", "float32", key[0], 32, 300, interpret=True, pointers=key[1],
-                                vote=key[2]) for key in keys}
+    checks = sorted({item.callspec.params["check"] for item in request.session.items
+                     if "interpreter_checks" in getattr(item, "fixturenames", ())})
+    workers = max(1, min(4, os.cpu_count() or 1, len(checks)))
+    batches = [checks[i::workers] for i in range(workers)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_check, "cpu", "float32", batch, 32, 300, interpret=True) for batch in batches]
+        yield {check: (future, batch.index(check)) for future, batch in zip(futures, batches, strict=True)
+               for check in batch}
 
 
-def _assert_matches(check: Future) -> None:
-    r = check.result()
+def _assert_matches(check: tuple[Future, int]) -> None:
+    future, index = check
+    r = future.result()[index]
     assert r["selection_rows_equal"] == r["selection_rows"], r
     assert r["max_abs_diff"] < 1e-5, r
 
@@ -91,7 +95,8 @@ def test_batched_votes_match_reference_in_interpreter(interpreter_checks, check)
     ("bfloat16", "kv_group", 128, 3000, "offload_keys"),
 ])
 def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, offload):
-    r = _check("cuda", dtype, granularity, head_dim, length, interpret=False, offload=offload)
+    (r,) = _check("cuda", dtype, [f"{granularity}/{offload}" if offload else granularity], head_dim, length,
+                  interpret=False)
     # bfloat16 rounding can flip a near-tie between two chunks' scores; float32 must agree exactly.
     exact = dtype == "float32"
     needed = r["selection_rows"] if exact else int(0.9 * r["selection_rows"])
