@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -75,21 +76,44 @@ def gguf_cache_root() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longheads"
 
 
-def converted_gguf_dir(path: Path, dtype: torch.dtype, root: Path) -> Path:
-    """The cache entry of one GGUF file in one dtype. A changed file (size or time) or another transformers
-    version, whose conversion may differ, gets a new entry."""
+def gguf_source(path: Path, dtype: torch.dtype) -> dict:
+    """What a converted checkpoint was made from. A changed file (size or time) or another transformers version,
+    whose conversion may differ, makes another checkpoint."""
     stat = path.resolve().stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}|{transformers.__version__}"
+    return {"gguf": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "dtype": str(dtype),
+            "transformers": transformers.__version__}
+
+
+def converted_gguf_dir(path: Path, dtype: torch.dtype, root: Path) -> Path:
+    """The cache entry of one GGUF file in one dtype."""
+    key = json.dumps(gguf_source(path, dtype), sort_keys=True)
     return root / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def save_converted(lm, tokenizer, target: Path) -> bool:
+def drop_stale_entries(entry: Path, source: dict) -> None:
+    """Removes the entries made earlier from the same file in the same dtype (before the file or transformers
+    changed): each is half a gigabyte for the default model, and nothing would read it again."""
+    for other in entry.parent.iterdir():
+        if other == entry or other.name.startswith(".tmp-"):  # another process's entry in the making
+            continue
+        try:
+            made_from = json.loads((other / "source.json").read_text())
+            if (made_from["gguf"], made_from["dtype"]) == (source["gguf"], source["dtype"]):
+                shutil.rmtree(other)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an entry of ours, or one being written: leave it
+
+
+def save_converted(lm, tokenizer, target: Path, source: dict | None = None) -> bool:
     """Writes a converted GGUF model as a plain checkpoint, atomically: a reader sees a whole entry or none.
-    Returns False, with a warning, when it cannot be written; the loaded model is not affected."""
+    `source` (`gguf_source`) is kept beside it. Returns False, with a warning, when it cannot be written; the
+    loaded model is not affected."""
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        if source is not None:
+            (tmp / "source.json").write_text(json.dumps(source, indent=1))
         # transformers will not save a model it loaded through its GGUF quantizer, although the weights are
         # dequantized already: the config without its quantization entry describes them as they are.
         config = copy.deepcopy(lm.config)
@@ -133,8 +157,9 @@ def _load_gguf(path: Path, dtype: torch.dtype):
             shutil.rmtree(entry, ignore_errors=True)
     lm, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
     # Newer transformers can keep some GGUF weights packed (integer blocks); only dense weights make a checkpoint.
-    if all(t.is_floating_point() for t in lm.state_dict().values()):
-        save_converted(lm, tokenizer, entry)
+    source = gguf_source(path, dtype)
+    if all(t.is_floating_point() for t in lm.state_dict().values()) and save_converted(lm, tokenizer, entry, source):
+        drop_stale_entries(entry, source)
     return lm, tokenizer
 
 

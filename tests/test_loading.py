@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from longheads.loading import (
     converted_gguf_dir,
     default_gguf_path,
     gguf_cache_root,
+    gguf_source,
     load_model_and_tokenizer,
     save_converted,
 )
@@ -32,12 +34,19 @@ def test_converted_gguf_reloads_as_the_same_model_and_a_damaged_entry_is_replace
     entry = converted_gguf_dir(default_gguf_path(), torch.float32, tmp_path)
     entry.mkdir()
     (entry / "config.json").write_text("{ half a file")  # as if written by a process killed midway
+    # Made from the same file before it changed: dropped once the new entry is written. Another dtype's stays.
+    made = gguf_source(default_gguf_path(), torch.float32)
+    stale, bf16 = tmp_path / "SmolLM2-old", tmp_path / "SmolLM2-bf16"
+    for folder, source in ((stale, dict(made, mtime_ns=1)), (bf16, dict(made, dtype="torch.bfloat16"))):
+        folder.mkdir()
+        (folder / "source.json").write_text(json.dumps(source))
 
     with pytest.warns(UserWarning, match="damaged converted model"):
         converted, tok1, name = load_model_and_tokenizer(None, "cpu", torch.float32)
     assert name == "SmolLM2-135M-Instruct"
     assert (entry / "model.safetensors").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temporary folder left behind
+    assert json.loads((entry / "source.json").read_text()) == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([entry.name, bf16.name])  # no temporary folder
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
