@@ -84,10 +84,10 @@ def gguf_source(path: Path, dtype: torch.dtype) -> dict:
             "transformers": transformers.__version__}
 
 
-def converted_gguf_dir(path: Path, dtype: torch.dtype, root: Path) -> Path:
-    """The cache entry of one GGUF file in one dtype."""
-    key = json.dumps(gguf_source(path, dtype), sort_keys=True)
-    return root / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+def converted_gguf_dir(source: dict, root: Path) -> Path:
+    """The cache entry of one GGUF file in one dtype (`gguf_source`)."""
+    key = json.dumps(source, sort_keys=True)
+    return root / f"{Path(source['gguf']).stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def drop_stale_entries(entry: Path, source: dict) -> None:
@@ -104,7 +104,7 @@ def drop_stale_entries(entry: Path, source: dict) -> None:
             continue  # not an entry of ours, or one being written: leave it
 
 
-def save_converted(lm, tokenizer, target: Path, source: dict | None = None) -> bool:
+def save_converted(lm, tokenizer, target: Path, source: dict) -> bool:
     """Writes a converted GGUF model as a plain checkpoint, atomically: a reader sees a whole entry or none.
     `source` (`gguf_source`) is kept beside it. Returns False, with a warning, when it cannot be written; the
     loaded model is not affected."""
@@ -112,8 +112,7 @@ def save_converted(lm, tokenizer, target: Path, source: dict | None = None) -> b
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        if source is not None:
-            (tmp / "source.json").write_text(json.dumps(source, indent=1))
+        (tmp / "source.json").write_text(json.dumps(source, indent=1))
         # transformers will not save a model it loaded through its GGUF quantizer, although the weights are
         # dequantized already: the config without its quantization entry describes them as they are.
         config = copy.deepcopy(lm.config)
@@ -147,7 +146,8 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     root = gguf_cache_root()
     if root is None:
         return _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
-    entry = converted_gguf_dir(path, dtype, root)
+    source = gguf_source(path, dtype)
+    entry = converted_gguf_dir(source, root)
     if entry.is_dir():
         try:
             return _from_pretrained(str(entry), dtype)
@@ -157,7 +157,6 @@ def _load_gguf(path: Path, dtype: torch.dtype):
             shutil.rmtree(entry, ignore_errors=True)
     lm, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
     # Newer transformers can keep some GGUF weights packed (integer blocks); only dense weights make a checkpoint.
-    source = gguf_source(path, dtype)
     if all(t.is_floating_point() for t in lm.state_dict().values()) and save_converted(lm, tokenizer, entry, source):
         drop_stale_entries(entry, source)
     return lm, tokenizer

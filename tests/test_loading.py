@@ -31,11 +31,11 @@ def test_converted_gguf_reloads_as_the_same_model_and_a_damaged_entry_is_replace
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LONGHEADS_CACHE_DIR", str(tmp_path))
-    entry = converted_gguf_dir(default_gguf_path(), torch.float32, tmp_path)
+    made = gguf_source(default_gguf_path(), torch.float32)
+    entry = converted_gguf_dir(made, tmp_path)
     entry.mkdir()
     (entry / "config.json").write_text("{ half a file")  # as if written by a process killed midway
     # Made from the same file before it changed: dropped once the new entry is written. Another dtype's stays.
-    made = gguf_source(default_gguf_path(), torch.float32)
     stale, bf16 = tmp_path / "SmolLM2-old", tmp_path / "SmolLM2-bf16"
     for folder, source in ((stale, dict(made, mtime_ns=1)), (bf16, dict(made, dtype="torch.bfloat16"))):
         folder.mkdir()
@@ -73,7 +73,7 @@ def test_a_cache_that_cannot_be_written_warns_and_loses_nothing(engine: Any, tmp
     blocked.write_text("not a folder")
     target = blocked / "entry"
     with pytest.warns(UserWarning, match="Could not keep the converted GGUF model"):
-        assert not save_converted(engine.model, engine.tokenizer, target)
+        assert not save_converted(engine.model, engine.tokenizer, target, {"gguf": "model.gguf"})
     assert not target.exists() and blocked.read_text() == "not a folder"
 
 
