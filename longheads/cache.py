@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from dataclasses import dataclass
 
 import numpy
 import torch
@@ -286,7 +287,24 @@ class LongHeadsLayer(CacheLayerMixin):
         self.pending_queries = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("LongHeads does not support beam search")
+        raise NotImplementedError("LongHeads runs one sequence at a time: LongHeadsModel runs beams one by one")
+
+    def save_tail(self, start: int) -> tuple:
+        """Copies of the tokens from `start` on and the question's pooled votes (see `LongHeadsCache.save_tail`)."""
+        self.wait_stores()  # the slices below read offloaded storage on the host
+        return (self._k[:, :, start : self.length].clone(), self._v[:, :, start : self.length].clone(),
+                getattr(self, "votes", None), getattr(self, "vote_tokens", 0), self.last_selection,
+                self.reps, self.pending_queries)
+
+    def restore_tail(self, start: int, saved: tuple) -> None:
+        keys, values, self.votes, self.vote_tokens, self.last_selection, self.reps, self.pending_queries = saved
+        self.wait_stores()
+        n = keys.shape[2]
+        self._grow(start + n)
+        self._k[:, :, start : start + n] = keys
+        self._v[:, :, start : start + n] = values
+        self.length = start + n
+        self._device_keys = self._prefetched = None  # copies of keys that may no longer be these
 
     def offload(self):  # storage placement is fixed at construction
         pass
@@ -296,6 +314,16 @@ class LongHeadsLayer(CacheLayerMixin):
 
     def nbytes(self) -> int:
         return 0 if self._k is None else 2 * self.length * self._k[0, :, 0].numel() * self._k.element_size()
+
+
+@dataclass
+class TailState:
+    """A `LongHeadsCache` past its first `start` tokens: one beam of a beam search (LongHeadsModel.stream)."""
+
+    start: int
+    layers: list[tuple]
+    tally: torch.Tensor | None
+    voters: int
 
 
 class LongHeadsCache(Cache):
@@ -313,6 +341,7 @@ class LongHeadsCache(Cache):
             for _ in range(n_layers)
         ]
         super().__init__(layers=layers)
+        self.model_state = state  # its question-time tally belongs to a beam as much as the layers' votes do
         if cfg.offload_keys:  # each layer starts the next one's keys on their way to the GPU
             for layer, following in zip(layers, layers[1:], strict=False):
                 layer.next_layer = following
@@ -336,6 +365,19 @@ class LongHeadsCache(Cache):
     def crop(self, max_length: int) -> None:
         for layer in self.layers:
             layer.crop(max_length)
+
+    def save_tail(self, start: int) -> TailState:
+        """What this cache holds past the first `start` tokens (a beam's own tokens, when `start` is the prompt's
+        length), with the votes its question and those tokens pooled. The state and attributes it copies
+        from are replaced, never changed in place, by later calls, so references to them are enough."""
+        return TailState(start, [layer.save_tail(start) for layer in self.layers], self.model_state.tally,
+                         self.model_state.voters)
+
+    def restore_tail(self, saved: TailState) -> None:
+        """Make the cache hold what it held when `saved` was taken (its first `saved.start` tokens must be the same)."""
+        for layer, part in zip(self.layers, saved.layers, strict=True):
+            layer.restore_tail(saved.start, part)
+        self.model_state.tally, self.model_state.voters = saved.tally, saved.voters
 
     def capacity(self) -> int:
         """Tokens every layer has storage for (0 before the first update)."""

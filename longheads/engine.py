@@ -2,7 +2,7 @@
 
 One obvious path from text to answer: render the prompt, tokenize, reuse the cached encoding of the
 longest shared prefix (a prefix's encoding does not depend on what follows it), encode the rest in
-pieces, then decode token by token, recording which chunks every head read.
+pieces, then decode token by token (a few beams at once, `beams.py`), recording which chunks every head read.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .beams import DEFAULT_BEAMS, BeamSearch
 from .cache import LongHeadsCache
 from .config import LongHeadsConfig
 from .errors import ContextTooLongError, OutOfMemoryError
@@ -121,11 +122,12 @@ class LongHeadsModel:
         old = self._encoded
         shared = 0
         if old is not None:
-            limit = min(len(old.ids), len(ids) - 1)
+            # The last prompt token always runs again, because its logits start the answer, and so do the
+            # last `tail_tokens`: they pool their votes within one call, and a reused token's vote is gone.
+            limit = min(len(old.ids), len(ids) - max(1, self.config.tail_tokens))
             while shared < limit and old.ids[shared] == ids[shared]:
                 shared += 1
-        # Whole chunks only: a chunk's summary needs all its tokens from one pass, and the last prompt
-        # token always runs again because its logits start the answer.
+        # Whole chunks only: a chunk's summary needs all its tokens from one pass.
         reused = shared - shared % w
         total = len(ids)
         # Another document reuses the old cache's storage where it is large enough (no new allocation, which
@@ -162,25 +164,38 @@ class LongHeadsModel:
             advice = "Free CPU memory, or use a smaller max_context or a smaller model."
         return OutOfMemoryError(f"Out of memory while {doing} on {self.device} ({cause}). {advice}")
 
-    # --- generation ----------------------------------------------------------------------------------------
+    # --- generation ---------------------------------------------------------------------------------------
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> str:
-        return "".join(self.stream(prompt, max_new_tokens, stop, temperature, top_p, seed))
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 num_beams: int | None = None) -> str:
+        return "".join(self.stream(prompt, max_new_tokens, stop, temperature, top_p, seed, num_beams))
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
-               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
-        """Yield the answer in text pieces. Closing the generator stops generation."""
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               num_beams: int | None = None) -> Iterator[str]:
+        """Yield the answer in text pieces. Closing the generator stops generation.
+
+        With temperature 0 the answer is the best of `num_beams` beams by mean token log-probability, and pieces
+        are yielded as soon as every beam agrees on them. By default that is DEFAULT_BEAMS beams for a prompt
+        longer than the attention length, and one (greedy decoding) for a prompt the model reads whole, where
+        beams measured no better (docs/selection.md, session 19). With a temperature, tokens are sampled."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
+        if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+            raise ValueError(f"num_beams={num_beams!r} must be an integer >= 1")
+        if num_beams is not None and num_beams > 1 and temperature > 0:
+            raise ValueError(f"num_beams={num_beams} needs temperature=0: beam search does not sample")
         stop = [s for s in (stop or []) if s]
         text = self.render(prompt)
         ids, offsets = self._tokenize(text)
         self._check_length(len(ids))
-        return self._stream(text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed)
+        if num_beams is None:
+            num_beams = DEFAULT_BEAMS if temperature == 0 and len(ids) > self.config.attention_length else 1
+        return self._stream(text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed, num_beams)
 
-    def _stream(self, text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed) -> Iterator[str]:
+    def _stream(self, text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed, num_beams) -> Iterator[str]:
         with self._lock:
             generator = torch.Generator(device=self.device)
             if seed is not None:
@@ -189,68 +204,45 @@ class LongHeadsModel:
             budget = min(max_new_tokens, self.max_context - len(ids))
             logits, reused = self._prefill(ids, None, budget)
             t1 = time.perf_counter()
-            cache = self._encoded.cache
-            steps = [self._selection_step(cache)]
-            out_ids: list[int] = []
-            emitted = 0
-            hold = max((len(s) for s in stop), default=1) - 1
-            finished_text = None
+            search = BeamSearch(self, len(ids), logits, num_beams, stop, temperature, top_p, generator)
+            best = search.first
             try:
                 with torch.inference_mode():
                     for _ in range(budget):
-                        token = self._sample(logits, temperature, top_p, generator)
-                        if token in self._eos:
+                        if not search.step():
                             break
-                        out_ids.append(token)
-                        self._encoded.ids.append(token)
-                        try:
-                            logits = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                                past_key_values=cache, use_cache=True).logits[0, -1]
-                        except Exception as exc:
-                            # Some layers may have stored this token and others not: drop the cache (and the
-                            # frame's reference, which the traceback would keep alive).
-                            self._encoded = cache = None
-                            if _is_oom(exc):
-                                raise self._out_of_memory(exc, f"generating after {len(ids):,} prompt tokens") from exc
-                            raise
-                        steps.append(self._selection_step(cache))
-                        decoded = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-                        cut = min((decoded.find(s) for s in stop if s in decoded), default=-1)
-                        if cut >= 0:
-                            finished_text = decoded[:cut]
-                            break
-                        # Hold back a possible start of a stop string and an unfinished UTF-8 character.
-                        safe = len(decoded) - hold
-                        if decoded.endswith("\ufffd"):
-                            safe = min(safe, len(decoded) - 1)
-                        if safe > emitted:
-                            yield decoded[emitted:safe]
-                            emitted = safe
-                if finished_text is None:
-                    finished_text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-                if len(finished_text) > emitted:
-                    yield finished_text[emitted:]
+                        piece = search.agreed_text()
+                        if piece:
+                            yield piece
+                    best = search.best()
+                    search.settle(best)
+                if len(best.text) > search.emitted:
+                    yield best.text[search.emitted :]
+            except Exception as exc:
+                # Some layers may have stored a token and others not: drop the cache (and the frame's reference,
+                # which the traceback would keep alive).
+                self._encoded = search = None
+                if _is_oom(exc):
+                    raise self._out_of_memory(exc, f"generating after {len(ids):,} prompt tokens") from exc
+                raise
             finally:
                 t2 = time.perf_counter()
                 self.last_usage = {
                     "prompt_tokens": len(ids),
-                    "completion_tokens": len(out_ids),
+                    "completion_tokens": len(best.tokens),
                     "cached_tokens": reused,
                     "prefill_seconds": t1 - t0,
                     "decode_seconds": t2 - t1,
                 }
-                self.last_trace = self._make_trace(text, ids, offsets, len(out_ids), steps)
+                self.last_trace = self._make_trace(text, ids, offsets, len(best.tokens), best.steps)
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-        if temperature == 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        if top_p < 1:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(0) - sorted_probs < top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=generator))
+    def _forward(self, token: int) -> torch.Tensor:
+        """Feed one token to the cache of the document; returns its next-token logits."""
+        return self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=self._encoded.cache,
+                          use_cache=True).logits[0, -1]
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     # --- trace ---------------------------------------------------------------------------------------------
     def _selection_step(self, cache: LongHeadsCache) -> torch.Tensor:

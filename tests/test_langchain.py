@@ -140,7 +140,8 @@ def test_stream_reports_every_piece_to_callbacks(chat: ChatLongHeads) -> None:
 
 
 def test_multi_token_stop_string(engine: Any) -> None:
-    model = ChatLongHeads(engine=engine, max_tokens=40)
+    # One beam: a stop string then cuts the one answer there is, which the full answer shows.
+    model = ChatLongHeads(engine=engine, max_tokens=40, num_beams=1)
     prompt = "Count from 1 to 10, separated by commas."
     full = model.invoke(prompt).content
     assert "4, 5" in full, f"the model counted differently: {full!r}"
@@ -149,7 +150,11 @@ def test_multi_token_stop_string(engine: Any) -> None:
     streamed = "".join(c.content for c in model.stream(prompt, stop=["4, 5"]))
     assert streamed == stopped
     # A stop string set on the model works the same.
-    assert ChatLongHeads(engine=engine, max_tokens=40, stop=["4, 5"]).invoke(prompt).content == stopped
+    assert ChatLongHeads(engine=engine, max_tokens=40, num_beams=1, stop=["4, 5"]).invoke(prompt).content == stopped
+    # With beams, every beam that reaches a stop string ends there, and the answer is one of them or one of those
+    # that had not reached it: either way it does not hold the stop string.
+    beamed = ChatLongHeads(engine=engine, max_tokens=40, num_beams=4).invoke(prompt, stop=["5"]).content
+    assert beamed.strip() and "5" not in beamed
 
 
 async def test_async_calls_do_not_block_the_event_loop(chat: ChatLongHeads) -> None:

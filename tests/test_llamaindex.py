@@ -105,11 +105,15 @@ def test_chat_and_stream_chat(llm: LongHeads, engine: Any) -> None:
 
 
 def test_stop_strings_of_several_tokens(engine: Any) -> None:
-    llm = LongHeads(engine=engine, max_new_tokens=40)
+    # One beam: a stop string then cuts the one answer there is, which the full answer shows.
+    llm = LongHeads(engine=engine, max_new_tokens=40, num_beams=1)
     full = llm.complete("Count from 1 to 10, separated by commas.").text
     assert "4, 5" in full, full
     stopped = llm.complete("Count from 1 to 10, separated by commas.", stop=["4, 5"]).text
     assert full.startswith(stopped) and "4, 5" not in stopped
+    # With beams, no answer holds a stop string either.
+    beamed = LongHeads(engine=engine, max_new_tokens=40, num_beams=4).complete("Count from 1 to 10.", stop=["5"]).text
+    assert beamed.strip() and "5" not in beamed
 
 
 def test_unsupported_inputs_fail_clearly(llm: LongHeads) -> None:

@@ -47,6 +47,8 @@ class ChatLongHeads(BaseChatModel):
     max_tokens: int = Field(default=256, alias="max_new_tokens")
     top_p: float = 1.0
     seed: int | None = None
+    num_beams: int | None = None
+    """Beams of the search at temperature 0; None is the engine's default (4)."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     streaming: bool = False
     device: str | None = None
@@ -74,6 +76,7 @@ class ChatLongHeads(BaseChatModel):
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,
             "seed": self.seed,
+            "num_beams": self.num_beams,
         }
 
     def get_engine(self) -> Any:
@@ -112,6 +115,7 @@ class ChatLongHeads(BaseChatModel):
             "temperature": kwargs.get("temperature", self.temperature),
             "top_p": kwargs.get("top_p", self.top_p),
             "seed": kwargs.get("seed", self.seed),
+            "num_beams": kwargs.get("num_beams", self.num_beams),
         }
 
     def _metadata(self, engine: Any, max_new_tokens: int) -> tuple[UsageMetadata, dict[str, Any]]:

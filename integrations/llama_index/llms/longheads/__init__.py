@@ -54,9 +54,10 @@ class LongHeads(CustomLLM):
         default=None, description="Model id, path or GGUF; None: embedded default."
     )
     max_new_tokens: int = Field(default=256, description="Most tokens generated per call.")
-    temperature: float = Field(default=0.0, description="0 is greedy decoding.")
+    temperature: float = Field(default=0.0, description="0 decodes by beam search (num_beams), >0 samples.")
     top_p: float = Field(default=1.0)
     seed: int | None = Field(default=None)
+    num_beams: int | None = Field(default=None, description="Beams at temperature 0; None: the engine's default (4).")
     stop: list[str] | None = Field(default=None, description="Strings that end generation (any length).")
     device: str | None = Field(default=None)
     dtype: str | None = Field(default=None)
@@ -102,6 +103,7 @@ class LongHeads(CustomLLM):
             "temperature": kwargs.get("temperature", self.temperature),
             "top_p": kwargs.get("top_p", self.top_p),
             "seed": kwargs.get("seed", self.seed),
+            "num_beams": kwargs.get("num_beams", self.num_beams),
         }
 
     def _usage(self) -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Beam search over one LongHeads document cache.
+
+LongHeads attends one sequence at a time, so the beams take turns on the same cache: the document's encoding
+is shared, and each beam keeps copies of what its own tokens added (their keys and values, and the votes the
+question and they pooled: `LongHeadsCache.save_tail`), put back before it is extended. With one beam nothing
+is copied, and the search is greedy decoding (or sampling, with a temperature).
+
+Why beams by default: with greedy decoding the model often starts an answer from the question's words and
+never reaches the fact its heads read ("The day after the ferry ... leaves"), although it scores the right
+answer higher. Four beams ranked by mean token log-probability answered more of the prose grids' questions at
+every length, and as many passkeys (docs/selection.md, session 19).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from .cache import TailState
+
+if TYPE_CHECKING:
+    from .engine import LongHeadsModel
+
+DEFAULT_BEAMS = 4
+
+
+@dataclass(eq=False)
+class Beam:
+    tokens: list[int]
+    score: float  # sum of the tokens' log-probabilities, the ending token (end of text or stop) included
+    text: str
+    steps: list[torch.Tensor]  # the selection trace: the last prompt token's, then one per token fed back
+    logprobs: torch.Tensor | None = None  # of the next token, while the beam is live
+    state: TailState | None = None  # the cache past the prompt after this beam's tokens (several beams only)
+    scored_tokens: int = 0  # tokens the score sums over
+    base: Beam | None = None  # a finished beam: the live beam whose cache state it extends
+    pending: int | None = None  # a beam finished by a stop string: its last token, not yet fed to the model
+
+    @property
+    def mean(self) -> float:
+        return self.score / max(self.scored_tokens, 1)
+
+
+@dataclass
+class BeamSearch:
+    engine: LongHeadsModel
+    start: int  # prompt tokens: the cache's shared part
+    logits: torch.Tensor  # the last prompt token's
+    num_beams: int
+    stop: list[str]
+    temperature: float = 0.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+    live: list[Beam] = field(default_factory=list)
+    done: list[Beam] = field(default_factory=list)
+    emitted: int = 0  # characters of the answer already yielded
+
+    def __post_init__(self) -> None:
+        cache = self.engine._encoded.cache
+        self.first = Beam([], 0.0, "", [self.engine._selection_step(cache)], _logprobs(self.logits))
+        if self.num_beams > 1:
+            self.first.state = cache.save_tail(self.start)
+        self.live = [self.first]
+        self.loaded = self.first  # the beam whose state the cache holds
+        # A stop string may begin at the end of the agreed text: that much is held back.
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def step(self) -> bool:
+        """Extend the beams by one token; False once `num_beams` answers have finished (or none is left)."""
+        candidates = [(beam.score + logprob, beam, token) for beam in self.live for token, logprob in self._next(beam)]
+        candidates.sort(key=lambda c: -c[0])
+        cache = self.engine._encoded.cache
+        self.live = []
+        for score, parent, token in candidates:
+            if len(self.live) == self.num_beams:
+                break
+            n = len(parent.tokens) + 1
+            if token in self.engine._eos:
+                self.done.append(Beam(parent.tokens, score, parent.text, parent.steps, scored_tokens=n, base=parent))
+                continue
+            tokens = parent.tokens + [token]
+            text = self.engine._decode(tokens)
+            cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+            if cut >= 0:
+                self.done.append(Beam(tokens, score, text[:cut], parent.steps, scored_tokens=n, base=parent,
+                                      pending=token))
+                continue
+            if parent is not self.loaded:
+                cache.restore_tail(parent.state)
+            logits = self.engine._forward(token)
+            beam = Beam(tokens, score, text, parent.steps + [self.engine._selection_step(cache)], _logprobs(logits),
+                        scored_tokens=n)
+            if self.num_beams > 1:
+                beam.state = cache.save_tail(self.start)
+            self.loaded = beam
+            self.live.append(beam)
+        return len(self.done) < self.num_beams and bool(self.live)
+
+    def _next(self, beam: Beam) -> list[tuple[int, float]]:
+        if self.temperature == 0:
+            top = beam.logprobs.topk(self.num_beams)
+            return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        probs = torch.softmax(beam.logprobs / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < self.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return [(token, float(beam.logprobs[token]))]
+
+    def agreed_text(self) -> str:
+        """The new part of the text every beam, live or finished, starts with: whichever wins, the answer
+        starts with it too."""
+        beams = self.live + self.done
+        shortest = min(len(b.tokens) for b in beams)
+        n = 0
+        while n < shortest and all(b.tokens[n] == beams[0].tokens[n] for b in beams):
+            n += 1
+        text = self.engine._decode(beams[0].tokens[:n])
+        safe = len(text) - self.hold
+        if text.endswith("\ufffd"):  # an unfinished UTF-8 character
+            safe = min(safe, len(text) - 1)
+        if safe <= self.emitted:
+            return ""
+        piece, self.emitted = text[self.emitted : safe], safe
+        return piece
+
+    def best(self) -> Beam:
+        """The answer: the finished beam with the best mean log-probability (the live ones count when fewer
+        than `num_beams` finished within the token budget)."""
+        pool = self.done + (self.live if len(self.done) < self.num_beams else [])
+        return sorted(pool, key=lambda b: -b.mean)[0]
+
+    def settle(self, best: Beam) -> None:
+        """Leave the cache holding the prompt and `best`'s tokens, as if it alone had been decoded."""
+        cache = self.engine._encoded.cache
+        base = best.base or best
+        if base is not self.loaded:
+            cache.restore_tail(base.state)
+            self.loaded = base
+        if best.pending is not None:
+            self.engine._forward(best.pending)
+            best.steps = best.steps + [self.engine._selection_step(cache)]
+            best.pending = None
+        self.engine._encoded.ids[self.start :] = best.tokens
+
+
+def _logprobs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1)
