@@ -132,15 +132,5 @@ def test_heads_read_every_facts_page(book: Book) -> None:
     book.check("page", lambda position: True)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (docs/selection.md, sessions 8 to 16): with the default settings neither integration answers "
-    "the ferry (0.9 of the way in), though its page is the one the heads read most. Over 48 books built like this "
-    "one (the same three facts at the same depths, --facts e2e), LongHeads misses the ferry in 9 at 17k tokens and "
-    "the unmodified model, reading 3.8k-token books whole, in none; this book is one of the 9. A longer recent "
-    "window answers the ferry in all 48 but loses the key in 5 more (11 more when only the question reads it), "
-    "and loses questions at 32k and 100k (at 17k too when only the question reads it); none of the other "
-    "settings that answer this book's ferry matched the default across the grid's lengths either",
-)
 def test_end_fact_answered(book: Book) -> None:
     book.check("answer", lambda position: position > END)
