@@ -64,7 +64,7 @@ def cmd_ask(args) -> int:
         pdf.check_fits(n_doc, lh.max_context, reserve=args.max_new_tokens + 64)
     messages = document_messages(text, args.question)
     t0 = time.perf_counter()
-    for piece in lh.stream(messages, max_new_tokens=args.max_new_tokens):
+    for piece in lh.stream(messages, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams):
         print(piece, end="", flush=True)
     print()
     usage = lh.last_usage
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("question")
     ask.add_argument("--password", default=None, help="password of an encrypted PDF")
     ask.add_argument("--max-new-tokens", type=int, default=256)
+    ask.add_argument("--num-beams", type=int, default=None,
+                     help="beams of the answer's search (default: 4 beyond the attention length, else 1: greedy)")
     _config_args(ask)
     ask.set_defaults(func=cmd_ask)
     pk = sub.add_parser("passkey", help="passkey retrieval: LongHeads and the unmodified model side by side")

@@ -30,6 +30,8 @@ def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
     assert "prefill_piece=1000 is invalid" in capsys.readouterr().err
     assert main(["ask", SAMPLE, "q", "--offload-keys"]) == 2  # the keys go only where the values went
     assert "offload_keys=True is invalid: it needs cpu_offload=True" in capsys.readouterr().err
+    assert main(["ask", SAMPLE, "q", "--num-beams", "0"]) == 2
+    assert "num_beams=0 must be an integer >= 1" in capsys.readouterr().err
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     assert main(["ask", str(tmp_path / "latin1.txt"), "q"]) == 2
     assert "is not a UTF-8 text file" in capsys.readouterr().err
