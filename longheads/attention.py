@@ -193,7 +193,7 @@ def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, 
     """Pool chunk scores over the question's tokens (and the answer's), so a chunk that any of them
     matched well stays selected for the tokens that follow; with scope "layer", over the layer's heads too,
     and with "model" over every layer's so far as well (see LongHeadsConfig.vote_scope)."""
-    previous = getattr(layer, "votes", None)
+    previous = layer.votes
     layer.vote_tokens = 1 if previous is None else layer.vote_tokens + 1
     if vote == "rank":
         own = torch.zeros_like(scores).scatter_(1, top_indices(scores, min(k, scores.shape[1])), 1.0)

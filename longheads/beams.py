@@ -13,7 +13,7 @@ every length, and as many passkeys (docs/selection.md, session 19).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,29 +43,23 @@ class Beam:
         return self.score / max(self.scored_tokens, 1)
 
 
-@dataclass
 class BeamSearch:
-    engine: LongHeadsModel
-    start: int  # prompt tokens: the cache's shared part
-    logits: torch.Tensor  # the last prompt token's
-    num_beams: int
-    stop: list[str]
-    temperature: float = 0.0
-    top_p: float = 1.0
-    generator: torch.Generator | None = None
-    live: list[Beam] = field(default_factory=list)
-    done: list[Beam] = field(default_factory=list)
-    emitted: int = 0  # characters of the answer already yielded
+    """The beams of one answer, from the last prompt token's `logits`; the engine's document cache holds the prompt."""
 
-    def __post_init__(self) -> None:
-        cache = self.engine._encoded.cache
-        self.first = Beam([], 0.0, "", [self.engine._selection_step(cache)], _logprobs(self.logits))
-        if self.num_beams > 1:
-            self.first.state = cache.save_tail(self.start)
+    def __init__(self, engine: LongHeadsModel, start: int, logits: torch.Tensor, num_beams: int, stop: list[str],
+                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None):
+        self.engine, self.start, self.num_beams, self.stop = engine, start, num_beams, stop
+        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+        cache = engine._encoded.cache
+        self.first = Beam([], 0.0, "", [engine._selection_step(cache)], _logprobs(logits))
+        if num_beams > 1:
+            self.first.state = cache.save_tail(start)
         self.live = [self.first]
+        self.done: list[Beam] = []
         self.loaded = self.first  # the beam whose state the cache holds
+        self.emitted = 0  # characters of the answer already yielded
         # A stop string may begin at the end of the agreed text: that much is held back.
-        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.hold = max((len(s) for s in stop), default=1) - 1
 
     def step(self) -> bool:
         """Extend the beams by one token; False once `num_beams` answers have finished (or none is left)."""

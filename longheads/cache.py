@@ -117,6 +117,9 @@ class LongHeadsLayer(CacheLayerMixin):
         self.tail_enabled = True
         # Chunk ids [heads, slots] the last query of the latest call read (for the selection trace).
         self.last_selection: torch.Tensor | None = None
+        # The question's pooled chunk votes so far and how many tokens cast them (attention's `_pool_votes`).
+        self.votes: torch.Tensor | None = None
+        self.vote_tokens = 0
 
     # --- storage -------------------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -293,7 +296,7 @@ class LongHeadsLayer(CacheLayerMixin):
         """Copies of the tokens from `start` on and the question's pooled votes (see `LongHeadsCache.save_tail`)."""
         self.wait_stores()  # the slices below read offloaded storage on the host
         return (self._k[:, :, start : self.length].clone(), self._v[:, :, start : self.length].clone(),
-                getattr(self, "votes", None), getattr(self, "vote_tokens", 0), self.last_selection,
+                self.votes, self.vote_tokens, self.last_selection,
                 self.reps, self.pending_queries)
 
     def restore_tail(self, start: int, saved: tuple) -> None:

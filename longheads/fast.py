@@ -48,7 +48,7 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     idx = slice(n_blocks, None)
     raw = scores[:, idx]  # [heads, m, C]; columns at or beyond a row's current chunk are -inf
     heads, m, n_chunks = raw.shape
-    previous = getattr(layer, "votes", None)
+    previous = layer.votes
     done = 0 if previous is None else layer.vote_tokens
     layer.vote_tokens = done + m
     valid = torch.arange(n_chunks, device=raw.device) < current[idx][:, None]
