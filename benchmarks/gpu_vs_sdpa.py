@@ -19,6 +19,8 @@ import time
 
 import torch
 
+import longheads
+
 
 def llama3_8b(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -46,8 +48,8 @@ def _decode_ms(model, cache, steps: int) -> float:
     token = torch.tensor([[1000]], device="cuda")
     with torch.inference_mode():
         for _ in range(3):  # warm-up
-            model(input_ids=token, past_key_values=cache, use_cache=True)
-        _, seconds = _timed(lambda: [model(input_ids=token, past_key_values=cache, use_cache=True)
+            model(input_ids=token, **longheads.cache_argument(model, cache), use_cache=True)
+        _, seconds = _timed(lambda: [model(input_ids=token, **longheads.cache_argument(model, cache), use_cache=True)
                                      for _ in range(steps)])
     return 1000 * seconds / steps
 
@@ -61,7 +63,6 @@ def _clean() -> None:
 def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
     from transformers import DynamicCache
 
-    import longheads
 
     longheads.disable(model)
     _clean()
@@ -69,7 +70,8 @@ def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
     try:
         # transformers' default, eager, even where --compile left the layers compiled
         with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
-            _, seconds = _timed(lambda: model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1))
+            _, seconds = _timed(lambda: model(input_ids=ids, **longheads.cache_argument(model, cache), use_cache=True,
+                                              logits_to_keep=1))
         peak = torch.cuda.max_memory_allocated()
         with torch.compiler.set_stance("force_eager"):
             decode = _decode_ms(model, cache, steps)
@@ -82,7 +84,6 @@ def run_sdpa(model, ids: torch.Tensor, steps: int) -> dict:
 
 def run_longheads(model, ids: torch.Tensor, steps: int, offload: bool, backend: str, compile_layers: bool,
                   repeats: int = 1, offload_keys: bool = False) -> dict:
-    import longheads
     from longheads.cache import LongHeadsCache
     from longheads.engine import encode_pieces
 

@@ -1,4 +1,4 @@
-"""Passkey accuracy of several selection designs on one loaded model (the search behind docs/selection.md).
+"""Passkey accuracy of several selection designs on one loaded model (the search behind docs/design.md).
 
     python benchmarks/passkey_grid.py --lengths 16k,32k --samples 20 --out grid.json \
         --variant maxlogit: --variant paper:selection=paper --variant vote:vote=max

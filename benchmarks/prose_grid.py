@@ -3,7 +3,7 @@
     python benchmarks/prose_grid.py --tokens 17000 --books 8 --out prose.json \
         --variant default: --variant tail64:tail_tokens=64
 
-Books come from samples/make_long_pdf.py (the end-to-end test's generator, text only, no PDF), in the prose
+Books come from longheads.sample_pdf (the end-to-end test's generator, text only, no PDF), in the prose
 `--source` names (the novel, each book from a chapter its seed picks, or the chronicle): each holds
 three facts at random depths and is asked about each through the chat template, the document first, as the
 integrations ask. A fact counts as read when the chunk holding it is among the chunks the heads read most for
@@ -17,19 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from passkey_grid import parse_variant  # noqa: E402  (a sibling script)
 
 import longheads
 from longheads.engine import LongHeadsModel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
-from make_long_pdf import (  # noqa: E402
+from longheads.sample_pdf import (
     CHARS_PER_TOKEN,
     END_TO_END_POSITIONS,
     FACTS,

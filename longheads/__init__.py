@@ -1,6 +1,6 @@
 """LongHeads for Hugging Face transformers: training-free context extension for RoPE decoder models."""
 
-from .cache import LongHeadsCache
+from .cache import LongHeadsCache, cache_argument
 from .config import LongHeadsConfig
 from .errors import (
     ConfigError,
@@ -21,6 +21,7 @@ __all__ = [
     "ModelLoadError",
     "OutOfMemoryError",
     "UnsupportedModelError",
+    "cache_argument",
     "disable",
     "enable",
     "is_enabled",

@@ -282,7 +282,7 @@ def _update_representations(layer: LongHeadsLayer, state: ModelState, q_pre: tor
     if done > 0:
         if pending.shape[1] < done * w:
             raise ValueError(
-                'selection="paper" needs every chunk\'s queries: decode with past_key_values=LongHeadsCache(model)'
+                'selection="paper" needs every chunk\'s queries: pass a LongHeadsCache(model) to every call'
             )
         cos, sin = state.table.get(q_pre.device)
         layer.wait_stores()

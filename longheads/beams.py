@@ -8,7 +8,7 @@ is copied, and the search is greedy decoding (or sampling, with a temperature).
 Why beams by default: with greedy decoding the model often starts an answer from the question's words and
 never reaches the fact its heads read ("The day after the ferry ... leaves"), although it scores the right
 answer higher. Four beams ranked by mean token log-probability answered more of the prose grids' questions at
-every length, and as many passkeys (docs/selection.md, session 19).
+every length, and as many passkeys (docs/design.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ instead of every layer's, and costs a host-to-device copy of them per layer and 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import threading
 import weakref
@@ -329,8 +331,22 @@ class TailState:
     voters: int
 
 
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    # transformers renamed `past_key_values` to `cache` (5.25) and will drop the old name: pass the one this
+    # release's forward declares, so that neither old nor new releases warn.
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_argument(model: torch.nn.Module, cache: Cache | None) -> dict[str, Cache | None]:
+    """The cache as the keyword argument the installed transformers' `forward` and `generate` take:
+    `model(input_ids=ids, **cache_argument(model, cache))`."""
+    return {_cache_keyword(type(model)): cache}
+
+
 class LongHeadsCache(Cache):
-    """One `LongHeadsLayer` per decoder layer. Pass it as `past_key_values` to a LongHeads-enabled model."""
+    """One `LongHeadsLayer` per decoder layer. Pass it to a LongHeads-enabled model's `forward` or `generate`
+    with `cache_argument(model, cache)`."""
 
     def __init__(self, model: torch.nn.Module):
         state = getattr(model, "longheads", None)

@@ -1,9 +1,12 @@
-"""The `longheads` command: ask a question about a whole PDF or text file, or run the passkey benchmark."""
+"""The `longheads` command: ask a question about a whole PDF or text file, start the app, or run the passkey
+benchmark."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -105,6 +108,17 @@ def cmd_passkey(args) -> int:
     return 0
 
 
+def cmd_app(args, streamlit_args: list[str]) -> int:
+    """Replace this process by Streamlit's server running the app that ships in the `longheads_app` package."""
+    app = importlib.util.find_spec("longheads_app")
+    if app is None or importlib.util.find_spec("streamlit") is None:
+        raise LongHeadsError('The app needs its extra: pip install "longheads[app]"')
+    script = str(Path(next(iter(app.submodule_search_locations))) / "app.py")
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true", *streamlit_args]
+    os.execv(sys.executable, command)
+    return 0  # not reached: execv does not return
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="longheads", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -117,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="beams of the answer's search (default: 4 beyond the attention length, else 1: greedy)")
     _config_args(ask)
     ask.set_defaults(func=cmd_ask)
+    app = sub.add_parser("app", help="start the Streamlit app (http://localhost:8501); other options go to Streamlit",
+                         description="Start the Streamlit app. Options after `app` go to `streamlit run`, "
+                                     "e.g. longheads app --server.port 8600.")
+    app.set_defaults(func=cmd_app)
     pk = sub.add_parser("passkey", help="passkey retrieval: LongHeads and the unmodified model side by side")
     pk.add_argument("--lengths", default="4k,8k,16k,32k")
     pk.add_argument("--samples", type=int, default=20)
@@ -126,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     pk.add_argument("--json", default=None, help="write every sample and the summary here")
     _config_args(pk)
     pk.set_defaults(func=cmd_passkey)
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.command != "app":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        return cmd_app(args, extra) if args.command == "app" else args.func(args)
     except (LongHeadsError, ValueError) as exc:
         print(f"longheads: error: {exc}", file=sys.stderr)
         return 2

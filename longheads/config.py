@@ -47,7 +47,7 @@ class LongHeadsConfig:
     # Whose pooled votes a head follows at question time: "head" (its own), "layer" (those of every head of
     # its layer, its own scores breaking ties, so that a layer's heads read the same chunks) or "model" (the
     # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer"). "model"
-    # finds facts in long prose more often the longer the document (docs/selection.md, session 8).
+    # finds facts in long prose more often the longer the document (docs/design.md).
     vote_scope: str = "model"
     # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
     score_distance: int | None = None

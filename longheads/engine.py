@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .beams import DEFAULT_BEAMS, BeamSearch
-from .cache import LongHeadsCache
+from .cache import LongHeadsCache, cache_argument
 from .config import LongHeadsConfig
 from .errors import ContextTooLongError, OutOfMemoryError
 from .loading import load_model_and_tokenizer, resolve_device, resolve_dtype
@@ -47,7 +47,7 @@ def encode_pieces(model, cache: LongHeadsCache, ids: torch.Tensor, start: int = 
             if total - end < config.tail_tokens:
                 end = total  # the question's last tokens pool their votes within one call
             cache.tail_enabled = end == total
-            logits = model(input_ids=ids[:, pos:end], past_key_values=cache, use_cache=True,
+            logits = model(input_ids=ids[:, pos:end], **cache_argument(model, cache), use_cache=True,
                            logits_to_keep=1).logits[0, -1]
             pos = end
             if progress:
@@ -178,7 +178,7 @@ class LongHeadsModel:
         With temperature 0 the answer is the best of `num_beams` beams by mean token log-probability, and pieces
         are yielded as soon as every beam agrees on them. By default that is DEFAULT_BEAMS beams for a prompt
         longer than the attention length, and one (greedy decoding) for a prompt the model reads whole, where
-        beams measured no better (docs/selection.md, session 19). With a temperature, tokens are sampled."""
+        beams measured no better (docs/design.md). With a temperature, tokens are sampled."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -238,8 +238,8 @@ class LongHeadsModel:
 
     def _forward(self, token: int) -> torch.Tensor:
         """Feed one token to the cache of the document; returns its next-token logits."""
-        return self.model(input_ids=torch.tensor([[token]], device=self.device), past_key_values=self._encoded.cache,
-                          use_cache=True).logits[0, -1]
+        return self.model(input_ids=torch.tensor([[token]], device=self.device),
+                          **cache_argument(self.model, self._encoded.cache), use_cache=True).logits[0, -1]
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -67,9 +67,9 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def gguf_cache_root() -> Path | None:
-    """Where converted GGUF files are kept: `LONGHEADS_CACHE_DIR` (`off` turns the cache off), else
-    `$XDG_CACHE_HOME/longheads` or `~/.cache/longheads`."""
+def cache_root() -> Path | None:
+    """Where longheads keeps what it makes (converted GGUF files, generated samples): `LONGHEADS_CACHE_DIR`
+    (`off` turns the cache off), else `$XDG_CACHE_HOME/longheads` or `~/.cache/longheads`."""
     value = os.environ.get("LONGHEADS_CACHE_DIR")
     if value is not None:
         return None if value.strip().lower() in ("", "off") else Path(value).expanduser()
@@ -143,7 +143,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
-    root = gguf_cache_root()
+    root = cache_root()
     if root is None:
         return _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
     source = gguf_source(path, dtype)

@@ -6,13 +6,10 @@ the model is told to use it, so every RoPE decoder that dispatches through that 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 
 from .attention import ModelState, longheads_attention
-from .cache import LongHeadsCache
 from .config import LongHeadsConfig
 from .errors import UnsupportedModelError
 from .rope import PositionTable
@@ -27,50 +24,19 @@ class Unrotated(torch.nn.Module):
     """Stands in for the model's rotary embedding while LongHeads is enabled: cos 1 and sin 0, so the
     attention modules pass queries and keys on without rotary positions. LongHeads rotates them itself, at
     remapped positions; undoing the model's rotation instead cost about ten elementwise passes per layer.
+    The model's own rotary function still multiplies by 1 and adds 0 (about 1.5% of a long prefill):
+    transformers offers no supported way to skip it, and rewriting its modules' globals broke on release."""
 
-    With `marked`, cos and sin are boolean: the models' `apply_rotary_pos_emb`, wrapped by `enable`, then
-    hands queries and keys back untouched instead of multiplying them by 1 and adding 0 (a pass over each
-    that also made them contiguous copies: ~45 ms of a 100k-token prefill of Llama-3-8B on an H100). Any
-    rotary code that was not wrapped still computes the identity: booleans promote to the queries' dtype."""
-
-    def __init__(self, rotary: torch.nn.Module, marked: bool = False):
+    def __init__(self, rotary: torch.nn.Module):
         super().__init__()
         self.rotary = rotary
-        self.marked = marked
         self.dim: int | None = None
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dim is None:
             self.dim = self.rotary(x, position_ids[:, :1])[0].shape[-1]
-        dtype = torch.bool if self.marked else x.dtype
-        ones = torch.ones(*position_ids.shape, self.dim, dtype=dtype, device=x.device)
+        ones = torch.ones(*position_ids.shape, self.dim, dtype=x.dtype, device=x.device)
         return ones, torch.zeros_like(ones)
-
-
-def _skips_unrotated(rotate):
-    @functools.wraps(rotate)
-    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
-        # A dtype is fixed when torch.compile traces: compiled layers drop the branch, not just the arithmetic.
-        if cos.dtype == torch.bool:
-            return q, k
-        return rotate(q, k, cos, sin, *args, **kwargs)
-
-    apply_rotary_pos_emb.longheads_wraps = rotate
-    return apply_rotary_pos_emb
-
-
-def _wrap_rotary_functions(attention_modules: list[torch.nn.Module]) -> bool:
-    """Make the `apply_rotary_pos_emb` each attention module's forward calls pass Unrotated's boolean marker
-    through (every other call is unchanged, so `disable` leaves the wrapper in place). False if some module's
-    forward calls no such function."""
-    for module in attention_modules:
-        names = type(module).forward.__globals__
-        rotate = names.get("apply_rotary_pos_emb")
-        if rotate is None or "apply_rotary_pos_emb" not in type(module).forward.__code__.co_names:
-            return False
-        if not hasattr(rotate, "longheads_wraps"):
-            names["apply_rotary_pos_emb"] = _skips_unrotated(rotate)
-    return True
 
 
 def pretrained_length(text_config) -> int:
@@ -85,7 +51,9 @@ def pretrained_length(text_config) -> int:
 
 
 def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> PreTrainedModel:
-    """Make `model.forward` and `model.generate` use LongHeads. Returns the same model.
+    """Make the model's forward use LongHeads. Returns the same model. Pass a `LongHeadsCache(model)` as the
+    cache (`cache_argument`) to `forward` or to transformers' own `generate`: with any other cache, or none,
+    every call rebuilds the chunk state from the whole key/value.
 
     Registers the attention function, and swaps the model's rotary embedding for `Unrotated` (restored
     by `disable`)."""
@@ -129,14 +97,12 @@ def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> Pre
     for module in attention_modules:
         module.longheads_state = state
     parent, _, attr = rotary_name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, Unrotated(rotary, marked=_wrap_rotary_functions(attention_modules)))
+    setattr(model.get_submodule(parent), attr, Unrotated(rotary))
     model.longheads_rotary = rotary_name
     model.longheads = state
     if model.config._attn_implementation != ATTN_NAME:
         model.longheads_previous_attn = model.config._attn_implementation
     model.set_attn_implementation(ATTN_NAME)
-    if "generate" not in model.__dict__:
-        model.generate = _generate_with_longheads_cache(model)
     if config.compile_layers:
         _compile_layers(model, attention_modules)
     return model
@@ -165,21 +131,8 @@ def disable(model: PreTrainedModel) -> PreTrainedModel:
     model.set_attn_implementation(getattr(model, "longheads_previous_attn", None) or "sdpa")
     parent, _, attr = model.longheads_rotary.rpartition(".")
     setattr(model.get_submodule(parent), attr, model.longheads.rotary)
-    model.__dict__.pop("generate", None)
     del model.longheads
     return model
-
-
-def _generate_with_longheads_cache(model: PreTrainedModel):
-    original = model.generate
-
-    @functools.wraps(original)
-    def generate(*args, **kwargs):
-        if kwargs.get("past_key_values") is None and getattr(model, "longheads", None) is not None:
-            kwargs["past_key_values"] = LongHeadsCache(model)
-        return original(*args, **kwargs)
-
-    return generate
 
 
 def is_enabled(model: torch.nn.Module) -> bool:

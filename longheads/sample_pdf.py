@@ -1,14 +1,14 @@
 """Writes a long PDF of prose with a few known facts on known pages, and a JSON of fact -> page.
 
-    python samples/make_long_pdf.py out/long.pdf                 # about 100k tokens
-    python samples/make_long_pdf.py out/short.pdf --tokens 16000 --facts 3
+    python -m longheads.sample_pdf out/long.pdf                 # about 100k tokens
+    python -m longheads.sample_pdf out/short.pdf --tokens 16000 --facts 3
 
 The prose (`--source`) is either a real novel, Jane Austen's *Pride and Prejudice* (public domain,
-`samples/texts/`), read from a chapter that the seed picks and wrapping around to chapter 1 when needed, or
+`longheads/data/`), read from a chapter that the seed picks and wrapping around to chapter 1 when needed, or
 a *chronicle* of an invented harbour town built from sentence patterns with a fixed seed. The chronicle never
 repeats a paragraph but is made of twenty sentence patterns over the same people and places, so every page
-resembles every other: a harder haystack than a book, kept because the measurements in docs/selection.md
-up to session 7 used it. The facts are single sentences about things neither text mentions (soup, a parrot,
+resembles every other: a harder haystack than a book, kept because the early measurements in docs/design.md used
+it. The facts are single sentences about things neither text mentions (soup, a parrot,
 a key...), so a correct answer can only come from the fact's own page. Each fact's page is taken from reading
 the written PDF back, not from where the writer thought it put it.
 """
@@ -40,7 +40,7 @@ class Fact:
 
 
 # Each fact is one sentence whose wording the question mirrors, about something the filler never mentions.
-# All were checked with the embedded 135M model on short books that fit its window (docs/selection.md):
+# All were checked with the embedded 135M model on short books that fit its window (docs/design.md):
 # facts it could not answer even when it read every token (a rare word to copy, a name to pick out of a
 # clause) were reworded or replaced, because they test the model, not the reach of LongHeads.
 FACTS = [
@@ -87,7 +87,7 @@ FACTS = [
 ]
 
 # The facts a book gets first, by answer: the three the model answered in every book that held them (8 of 8
-# each) when it read every token (`benchmarks/prose_grid.py`, 16 books at 2.5k tokens, docs/selection.md).
+# each) when it read every token (`benchmarks/prose_grid.py`, 16 books at 2.5k tokens, docs/design.md).
 # The soup and the parrot, once first, scored 4 of 5 and 1 of 3 there: an end-to-end test of LongHeads
 # should not hang on what the 135M model fails at without it. The others follow in list order.
 PLACED_FIRST = ("blue stone", "saffron", "Thursday")
@@ -289,7 +289,7 @@ def _paragraph(rng: random.Random) -> str:
 
 
 SOURCES = ("austen", "chronicle")
-NOVEL = Path(__file__).resolve().parent / "texts" / "pride_and_prejudice.txt.gz"
+NOVEL = Path(__file__).resolve().parent / "data" / "pride_and_prejudice.txt.gz"
 
 
 def compose(n_chars: int, facts: list[Fact], seed: int = 0, source: str = "austen") -> list[tuple[str, str]]:
@@ -362,7 +362,10 @@ TITLES = {"austen": "Pride and Prejudice, with a few facts added", "chronicle": 
 
 
 def write_pdf(blocks: list[tuple[str, str]], path: Path, title: str) -> None:
-    from fpdf import FPDF  # the test extra; imported here so --help works without it
+    try:
+        from fpdf import FPDF  # the app extra; imported here so that the engine never needs it
+    except ImportError as exc:
+        raise ImportError('Writing sample PDFs needs fpdf2: pip install "longheads[app]"') from exc
 
     pdf = FPDF(format="A4")
     pdf.set_title(title)

@@ -13,7 +13,7 @@ from .rope import apply_rope
 
 # With vote_scope="layer", a layer's pooled rank votes are the share of its (head, question token) ballots
 # each chunk got, scaled so that a difference in share outweighs a head's own scores (a softmax, < 1), which
-# only break ties. The value is the one measured in docs/selection.md (session 4).
+# only break ties. The value is the one measured in docs/design.md.
 CONSENSUS_WEIGHT = 16.0
 
 
@@ -142,7 +142,7 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k best scores along the last dimension; among equal scores, the later chunk first.
 
     Equal scores are common in the first layer, where a key depends on its token alone: every chunk holding
-    the token that matches a query best gets the same best logit (docs/selection.md, session 12). `topk`
+    the token that matches a query best gets the same best logit (docs/design.md). `topk`
     breaks such ties its own way on each device and tensor shape; a stable sort makes the choice part of the
     method, and prefers the text nearer the query. It settles exact ties only: the two paths' scores can
     differ in the last bits, so a tie in one can still be a near-tie, split the other way, in the other."""

@@ -1,6 +1,6 @@
 """Ask questions about a whole PDF with LangChain: a plain LCEL chain (prompt | model), no retriever.
 
-    python samples/ask_pdf_langchain.py samples/eddystone.pdf "How old was the keeper Henry Hall?"
+    python samples/ask_pdf_langchain.py apps/longheads_app/samples/eddystone.pdf "How old was the keeper Henry Hall?"
     python samples/make_long_pdf.py out/long.pdf && \\
         python samples/ask_pdf_langchain.py out/long.pdf "Where is the key to the old observatory hidden?"
 

@@ -1,6 +1,6 @@
 """Ask questions about a whole PDF with LlamaIndex: the whole document in one LLM call, no retriever.
 
-    python samples/ask_pdf_llamaindex.py samples/eddystone.pdf "Who designed the fourth lighthouse?"
+    python samples/ask_pdf_llamaindex.py apps/longheads_app/samples/eddystone.pdf "Who designed the fourth lighthouse?"
 
 `WholeDocumentQueryEngine` sends the document and the question in one chat call; the LLM's context window is
 the engine's real maximum context, so nothing is split. The answer's source nodes are the pages the model's

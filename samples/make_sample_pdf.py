@@ -1,6 +1,6 @@
-"""Writes samples/eddystone.pdf, the small checked-in sample: four pages on the Eddystone Lighthouse.
+"""Writes the small sample the app ships: four pages on the Eddystone Lighthouse.
 
-    python samples/make_sample_pdf.py            # rewrites samples/eddystone.pdf
+    python samples/make_sample_pdf.py            # rewrites apps/longheads_app/samples/eddystone.pdf
 
 The first page is labelled "i" (a preface) and the others 1, 2, 3, so the sample also shows page labels.
 """
@@ -120,6 +120,8 @@ def make_sample_pdf(path: str | Path) -> Path:
     return path
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "apps" / "longheads_app" / "samples" / "eddystone.pdf"
+
 if __name__ == "__main__":
-    out = make_sample_pdf(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("eddystone.pdf"))
+    out = make_sample_pdf(sys.argv[1] if len(sys.argv) > 1 else BUNDLED)
     print(f"wrote {out}")

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/streamlit run apps/app.py --server.headless true "$@"
+exec .venv/bin/longheads app "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up the environment and runs lint and the test suite. Extra arguments go to pytest.
+# Sets up the environment and runs lint, the look-ahead check (never fails the run) and the test suite.
+# Extra arguments go to pytest. LONGHEADS_LOOKAHEAD=0 skips the look-ahead check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -17,6 +18,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     >/dev/null 2>&1 || echo "could not install chromium: the browser tests will skip"
 fi
 ruff check . || exit 1
+# Before the suite, so that the suite's own summary is the last thing this prints.
+[ "${LONGHEADS_LOOKAHEAD:-1}" = 0 ] || bash scripts/lookahead.sh
 python -m pytest -q -ra "$@"
 rc=$?
 # pytest exits 5 when nothing was collected (e.g. a -k filter matched nothing): that is not a failure.

@@ -37,7 +37,7 @@ def run(model, ids: torch.Tensor, cuts: list[int], backend: str, cfg: dict) -> t
     logits, selections = [], []
     with torch.no_grad():
         for a, b in zip(cuts, cuts[1:], strict=False):
-            logits.append(model(ids[:, a:b], past_key_values=cache).logits.float())
+            logits.append(model(ids[:, a:b], **longheads.cache_argument(model, cache)).logits.float())
             selections.append([layer.last_selection.cpu() for layer in cache.layers])
     return torch.cat(logits, 1), selections
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "apps" / "app.py"
-PDF = Path(os.environ.get("LONGHEADS_APP_PDF", ROOT / "samples" / "eddystone.pdf"))
+APP = ROOT / "apps" / "longheads_app" / "app.py"
+PDF = Path(os.environ.get("LONGHEADS_APP_PDF", APP.parent / "samples" / "eddystone.pdf"))
 QUESTION = os.environ.get("LONGHEADS_APP_QUESTION", "Who designed the second lighthouse?")
 SCREENSHOT = ROOT / os.environ.get("LONGHEADS_SCREENSHOT", "out/app.png")
 ANSWER_TOKENS = os.environ.get("LONGHEADS_APP_ANSWER_TOKENS", "40")
@@ -114,7 +114,7 @@ def test_two_sessions_at_once(app_url: str, browser) -> None:
     tabs = [browser.new_page(viewport={"width": 1280, "height": 1400}) for _ in range(2)]
     for tab in tabs:
         tab.set_default_timeout(SLOW)
-        open_with_pdf(tab, app_url, ROOT / "samples" / "eddystone.pdf", answer_tokens="16")
+        open_with_pdf(tab, app_url, APP.parent / "samples" / "eddystone.pdf", answer_tokens="16")
     questions = ["Who built the first lighthouse?", "What was the lantern made of?"]
     for tab, question in zip(tabs, questions, strict=True):
         ask(tab, question)

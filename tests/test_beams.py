@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import longheads
+from longheads.beams import BeamSearch
 from longheads.engine import LongHeadsModel, encode_pieces
 
 STOP = "e"  # a common letter: some beams end on it, others at the token budget
@@ -49,7 +50,8 @@ def replayed_search(lh: LongHeadsModel, prompt: str, beams: int, max_new_tokens:
         out, steps = logits, [first_step]
         with torch.inference_mode():
             for t in tokens:
-                out = lh.model(input_ids=torch.tensor([[t]]), past_key_values=mine, use_cache=True).logits[0, -1]
+                step = torch.tensor([[t]])
+                out = lh.model(input_ids=step, **longheads.cache_argument(lh.model, mine), use_cache=True).logits[0, -1]
                 steps.append(lh._selection_step(mine))
         return torch.log_softmax(out.float(), -1), steps
 
@@ -98,8 +100,28 @@ def test_beams_answer_as_if_each_had_its_own_cache(tiny: LongHeadsModel, beams: 
     assert torch.equal(tiny.last_trace.selections, selections)  # the question's tail voted again, whole
 
 
-def test_streamed_pieces_are_what_every_beam_agreed_on(tiny: LongHeadsModel) -> None:
+def test_streamed_pieces_are_what_every_beam_agreed_on(tiny: LongHeadsModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every piece the search agrees on, with the texts of all its beams (live and finished) at that moment: the
+    # stream yields the piece right away, before any beam moves on.
+    agreed: list[tuple[str, list[str]]] = []
+    agreed_text = BeamSearch.agreed_text
+
+    def recording(search: BeamSearch) -> str:
+        piece = agreed_text(search)
+        if piece:
+            agreed.append((piece, [beam.text for beam in search.live + search.done]))
+        return piece
+
+    monkeypatch.setattr(BeamSearch, "agreed_text", recording)
     pieces = list(tiny.stream(PROMPT, max_new_tokens=12, num_beams=4))
+    # The pieces agreed on while the beams ran come first, in order; only the winner's rest may follow them.
+    assert pieces[: len(agreed)] == [piece for piece, _ in agreed] and len(pieces) - len(agreed) in (0, 1)
+    for i, (_, beams) in enumerate(agreed):
+        so_far = "".join(pieces[: i + 1])
+        assert all(text.startswith(so_far) for text in beams), (so_far, beams)
+    # Some pieces came while the beams still disagreed on what follows them: the stream did not wait for the end.
+    assert len(agreed) >= 2 and any(len(set(beams)) > 1 for _, beams in agreed)
+    monkeypatch.undo()
     assert "".join(pieces) == tiny.generate(PROMPT, max_new_tokens=12, num_beams=4)
     assert all(pieces)
 

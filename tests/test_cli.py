@@ -7,7 +7,7 @@ from pathlib import Path
 
 from longheads.cli import main
 
-SAMPLE = str(Path(__file__).resolve().parents[1] / "samples" / "eddystone.pdf")
+SAMPLE = str(Path(__file__).resolve().parents[1] / "apps" / "longheads_app" / "samples" / "eddystone.pdf")
 
 
 def test_ask_answers_from_the_pdf_and_names_the_page(capsys):

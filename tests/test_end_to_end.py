@@ -19,11 +19,12 @@ from llama_index.llms.longheads import LongHeads, WholeDocumentQueryEngine
 
 import longheads
 from longheads.pdf import PDFDocument, read_pdf
+from longheads.sample_pdf import END_TO_END_POSITIONS, Fact, make_long_pdf
 
+# The sample script's own prompt is what is tested, so it is imported from samples/.
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 sys.path.insert(0, str(SAMPLES))
 from ask_pdf_langchain import PROMPT, SYSTEM  # noqa: E402
-from make_long_pdf import END_TO_END_POSITIONS, Fact, make_long_pdf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -51,9 +51,9 @@ def test_prefill_decode_and_split_prefill_match_unmodified(family, kv_heads):
         ref = model(ids).logits
         ref_steps = []
         cache = DynamicCache(config=model.config)
-        model(ids[:, :150], past_key_values=cache, use_cache=True)
+        model(ids[:, :150], **longheads.cache_argument(model, cache), use_cache=True)
         for t in range(150, 200):
-            ref_steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+            ref_steps.append(model(ids[:, t : t + 1], **longheads.cache_argument(model, cache), use_cache=True).logits)
 
         longheads.enable(model, lh_config())
         assert model.config._attn_implementation == "longheads"
@@ -61,11 +61,11 @@ def test_prefill_decode_and_split_prefill_match_unmodified(family, kv_heads):
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
         cache = longheads.LongHeadsCache(model)
-        first = model(ids[:, :77], past_key_values=cache, use_cache=True).logits
-        second = model(ids[:, 77:150], past_key_values=cache, use_cache=True).logits
+        first = model(ids[:, :77], **longheads.cache_argument(model, cache), use_cache=True).logits
+        second = model(ids[:, 77:150], **longheads.cache_argument(model, cache), use_cache=True).logits
         torch.testing.assert_close(torch.cat([first, second], 1), ref[:, :150], atol=2e-5, rtol=1e-4)
         for t, expected in zip(range(150, 200), ref_steps, strict=True):
-            step = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+            step = model(ids[:, t : t + 1], **longheads.cache_argument(model, cache), use_cache=True).logits
             torch.testing.assert_close(step, expected, atol=2e-5, rtol=1e-4)
 
 
@@ -75,7 +75,8 @@ def test_generate_matches_unmodified_below_attention_length():
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
         longheads.enable(model, lh_config())
-        out = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
+        out = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                             **longheads.cache_argument(model, longheads.LongHeadsCache(model)))
     assert torch.equal(out, ref)
 
 
@@ -97,26 +98,50 @@ def test_disable_restores_the_original_attention_and_rotary():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_rotary_arithmetic_is_skipped_while_enabled_and_unchanged_otherwise(family: str):
-    """The model's own rotary function hands Unrotated's marked (boolean) cos/sin straight back, so no pass
-    multiplies the queries by 1; called with real cos/sin, as by any model without LongHeads, it rotates."""
-    model = tiny_model(family, 2)
+def test_rotary_is_the_identity_while_enabled_and_the_models_own_otherwise(family: str):
+    """While enabled, the model's own rotary function receives cos 1 and sin 0 and hands queries and keys back
+    unchanged; transformers' modules are not touched, so a second model of the family rotates as before."""
+    from transformers.models import llama, mistral, qwen2, qwen3
+
+    module = {"llama": llama, "mistral": mistral, "qwen2": qwen2, "qwen3": qwen3}[family]
+    rotate = getattr(module, f"modeling_{family}").apply_rotary_pos_emb
+    model, untouched = tiny_model(family, 2), tiny_model(family, 2)
     rotary = model.model.rotary_emb
-    attention = model.model.layers[0].self_attn
-    original = type(attention).forward.__globals__["apply_rotary_pos_emb"]
-    original = getattr(original, "longheads_wraps", original)  # another test may have enabled this family
     longheads.enable(model, lh_config())
-    assert model.model.rotary_emb.marked
-    rotate = type(attention).forward.__globals__["apply_rotary_pos_emb"]
-    q, k = torch.randn(1, 4, 10, attention.head_dim), torch.randn(1, 2, 10, attention.head_dim)
+    head_dim = model.model.layers[0].self_attn.head_dim
+    q, k = torch.randn(1, 4, 10, head_dim), torch.randn(1, 2, 10, head_dim)
     position_ids = torch.arange(10)[None]
     cos, sin = model.model.rotary_emb(q, position_ids)
-    assert cos.dtype == torch.bool
     q_out, k_out = rotate(q, k, cos, sin)
-    assert q_out is q and k_out is k
-    real = rotary(q, position_ids)
-    for got, want in zip(rotate(q, k, *real), original(q, k, *real), strict=True):
-        assert torch.equal(got, want) and not torch.equal(got, q if got.shape == q.shape else k)
+    assert torch.equal(q_out, q) and torch.equal(k_out, k)
+    real = untouched.model.rotary_emb(q, position_ids)
+    assert torch.equal(real[0], rotary(q, position_ids)[0])
+    q_rot, _ = rotate(q, k, *real)
+    assert not torch.equal(q_rot, q)
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = tiny_model(family, 2)(ids).logits
+        assert torch.equal(untouched(ids).logits, ref)  # enabling another model changed nothing of this one
+
+
+def test_transformers_generate_with_a_longheads_cache_is_the_engines_greedy_loop():
+    """transformers' own `generate`, handed a LongHeadsCache, decodes what a plain greedy loop over the model's
+    forward does, beyond the attention length too: no wrapper around `generate` is needed."""
+    model = tiny_model("llama", 2)
+    longheads.enable(model, lh_config(tail_tokens=8))
+    ids = torch.randint(0, 128, (1, 400), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0,
+                             **longheads.cache_argument(model, longheads.LongHeadsCache(model)))
+        cache = longheads.LongHeadsCache(model)
+        logits = model(ids, **longheads.cache_argument(model, cache), use_cache=True).logits[0, -1]
+        tokens = []
+        for _ in range(12):
+            tokens.append(int(logits.argmax()))
+            step = torch.tensor([[tokens[-1]]])
+            logits = model(step, **longheads.cache_argument(model, cache), use_cache=True).logits[0, -1]
+    assert out[0, 400:].tolist() == tokens
+    assert cache.get_seq_length() == 400 + 12  # the loop also fed its last token
 
 
 def test_beyond_attention_length_runs_and_differs_from_full_attention():
@@ -126,7 +151,7 @@ def test_beyond_attention_length_runs_and_differs_from_full_attention():
         ref = model(ids).logits
         longheads.enable(model, lh_config(tail_tokens=8))
         cache = longheads.LongHeadsCache(model)
-        out = model(ids, past_key_values=cache, use_cache=True).logits
+        out = model(ids, **longheads.cache_argument(model, cache), use_cache=True).logits
     assert torch.isfinite(out).all()
     # Below the attention length nothing changes; beyond it heads read only their chunks.
     torch.testing.assert_close(out[:, :256], ref[:, :256], atol=2e-5, rtol=1e-4)
@@ -139,7 +164,7 @@ def test_embedded_model_matches_unmodified(engine):
     text = "The lighthouse keeper wrote in his log every night. " * 40
     ids = tok(text, return_tensors="pt")["input_ids"][:, :400]
     with torch.no_grad():
-        out = model(ids, past_key_values=longheads.LongHeadsCache(model), use_cache=True).logits
+        out = model(ids, **longheads.cache_argument(model, longheads.LongHeadsCache(model)), use_cache=True).logits
         longheads.disable(model)
         try:
             ref = model(ids).logits
@@ -160,10 +185,10 @@ def test_compiled_layers_match_eager_beyond_the_attention_length(family):
     ids = torch.randint(0, 4096, (1, 700), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         longheads.enable(model, lh_config(tail_tokens=0))
-        ref = model(ids, past_key_values=longheads.LongHeadsCache(model)).logits
+        ref = model(ids, **longheads.cache_argument(model, longheads.LongHeadsCache(model))).logits
         longheads.disable(model)
         longheads.enable(model, lh_config(tail_tokens=0, compile_layers=True))
-        out = model(ids, past_key_values=longheads.LongHeadsCache(model)).logits
+        out = model(ids, **longheads.cache_argument(model, longheads.LongHeadsCache(model))).logits
     assert all(getattr(layer, "longheads_compiled", False) for layer in model.model.layers)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +14,15 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
 from llama_index.core.llms import CustomLLM
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.llms import longheads as llama_longheads
 from llama_index.llms.longheads import LongHeads, WholeDocumentQueryEngine
 
+import longheads
+import longheads.engine
 from longheads.pdf import read_pdf
+from longheads.sample_pdf import make_long_pdf
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-SAMPLE = SAMPLES / "eddystone.pdf"
-sys.path.insert(0, str(SAMPLES))
-from make_long_pdf import make_long_pdf  # noqa: E402
+SAMPLE = Path(__file__).resolve().parents[1] / "apps" / "longheads_app" / "samples" / "eddystone.pdf"
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +63,20 @@ def test_metadata_reports_the_engines_real_context(llm: LongHeads, engine: Any) 
     assert meta.model_name == "SmolLM2-135M-Instruct"
 
 
-def test_building_from_a_loaded_engine_is_cheap(engine: Any) -> None:
-    start = time.perf_counter()
-    for _ in range(100):
-        llm = LongHeads(engine=engine)
-    assert (time.perf_counter() - start) / 100 < 0.01
+def test_building_from_a_loaded_engine_loads_nothing(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_loading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(llama_longheads, "load_shared", no_loading)
+    monkeypatch.setattr(longheads, "load", no_loading)
+    monkeypatch.setattr(longheads.engine, "load", no_loading)
+    llm = LongHeads(engine=engine)
     assert llm.engine is engine and llm.model_name == engine.model_name
+    assert llm.metadata.model_name == engine.model_name
+    # Built from a name, the model is loaded when first needed (here: fails to be), not before.
+    named = LongHeads(model_name="HuggingFaceTB/SmolLM2-360M-Instruct")
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        named.complete("hi")
 
 
 def test_complete_uses_the_chat_template_unless_formatted(llm: LongHeads, engine: Any) -> None:
@@ -127,7 +134,7 @@ def test_unsupported_inputs_fail_clearly(llm: LongHeads) -> None:
 
 
 async def test_async_variants_do_not_block_the_event_loop(llm: LongHeads) -> None:
-    async with LoopTicks() as loop:
+    async with LoopTicks(llm.engine) as loop:
         completion = await llm.acomplete("Say hello.")
         chat = await llm.achat([ChatMessage(role=MessageRole.USER, content="Say hello.")])
         deltas = [r.delta async for r in await llm.astream_complete("Say hello.")]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from longheads.loading import (
+    cache_root,
     converted_gguf_dir,
     default_gguf_path,
-    gguf_cache_root,
     gguf_source,
     load_model_and_tokenizer,
     save_converted,
@@ -80,10 +80,10 @@ def test_a_cache_that_cannot_be_written_warns_and_loses_nothing(engine: Any, tmp
 @pytest.mark.parametrize(("value", "expected"), [("off", None), ("", None), ("~/lh", Path.home() / "lh")])
 def test_cache_folder_setting(monkeypatch: pytest.MonkeyPatch, value: str, expected: Path | None) -> None:
     monkeypatch.setenv("LONGHEADS_CACHE_DIR", value)
-    assert gguf_cache_root() == expected
+    assert cache_root() == expected
 
 
 def test_cache_folder_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LONGHEADS_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert gguf_cache_root() == tmp_path / "longheads"
+    assert cache_root() == tmp_path / "longheads"

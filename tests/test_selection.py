@@ -171,7 +171,7 @@ def test_trace_never_selects_future_chunks():
     longheads.enable(model, cfg(tail_tokens=4))
     cache = longheads.LongHeadsCache(model)
     with torch.no_grad():
-        model(torch.randint(0, 64, (1, 500)), past_key_values=cache, use_cache=True)
+        model(torch.randint(0, 64, (1, 500)), **longheads.cache_argument(model, cache), use_cache=True)
     for layer in cache.layers:
         sel = layer.last_selection
         assert sel.shape == (4, 8)

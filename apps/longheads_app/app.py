@@ -1,11 +1,11 @@
 """Ask a whole PDF in one prompt, and see where the model's attention heads looked to answer.
 
-    streamlit run apps/app.py
+    longheads app                       # or: streamlit run apps/longheads_app/app.py
 
-The model is loaded once per server process and shared; documents, chats and traces live in each browser
-session's own state. The engine runs one generation at a time, and its document cache and `last_trace`
+The model is loaded once per server process and shared; documents, chats and traces live in the
+browser session's own state. The engine runs one generation at a time, and its document cache and `last_trace`
 belong to whoever ran last, so every use of it here happens inside `turn()`, which also lets a waiting
-session show that it waits.
+browser session show that it waits.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import document
-import heads_view
 import streamlit as st
 import torch
-from document import Doc
+from longheads_app import document, heads_view
+from longheads_app.document import Doc
 
 import longheads
 from longheads import pdf
@@ -80,7 +79,7 @@ class Settings:
 
 @dataclass
 class Engine:
-    """A loaded model shared by every session of this process, with what the app knows about its state."""
+    """A loaded model shared by every browser session of this process, with what the app knows about its state."""
 
     lh: Any
     device: str
@@ -131,14 +130,14 @@ def get_engine(settings: Settings) -> Engine:
 
 @contextmanager
 def turn(engine: Engine) -> Iterator[None]:
-    """Holds the engine for this session; shows the wait while another session holds it."""
+    """Holds the engine for this browser session; shows the wait while another one holds it."""
     if not engine.lock.acquire(blocking=False):
         note = st.empty()
         start = time.perf_counter()
         # Each caption is also where Streamlit can stop this run if the user leaves or clicks something.
         while not engine.lock.acquire(timeout=0.5):
             waited = time.perf_counter() - start
-            note.caption(f":material/hourglass_top: Another session is using the model; waiting ({waited:.0f} s)…")
+            note.caption(f":material/hourglass_top: Another user is using the model; waiting ({waited:.0f} s)…")
         note.empty()
     try:
         yield
@@ -151,7 +150,7 @@ def state() -> Any:
     ss.setdefault("active_settings", Settings())
     ss.setdefault("chats", {})  # doc digest -> list[Turn]
     ss.setdefault("tokens", {})  # (doc digest, engine id) -> prompt tokens
-    ss.setdefault("encoded", {})  # doc digest -> summary of this session's last encode
+    ss.setdefault("encoded", {})  # doc digest -> summary of this browser session's last encode
     return ss
 
 
@@ -269,7 +268,7 @@ def describe(exc: BaseException) -> str:
 
 
 def pick_document(messages: Any) -> Doc | None:
-    """The chosen PDF, parsed once per session; reading errors go to the `messages` container."""
+    """The chosen PDF, parsed once per browser session; reading errors go to the `messages` container."""
     ss = state()
     source = st.segmented_control(
         "Document",
@@ -283,7 +282,7 @@ def pick_document(messages: Any) -> Doc | None:
         if "pending_sample" in ss:
             ss.sample = ss.pop("pending_sample")
         if not paths:
-            st.info("No sample PDFs in `samples/` yet.")
+            st.info("No sample PDFs yet.")
             return None
         path = st.selectbox(
             "Sample",
@@ -336,7 +335,7 @@ def pick_document(messages: Any) -> Doc | None:
                     "Password",
                     type="password",
                     key=f"password-{digest}",
-                    help="The PDF is encrypted; its password opens it for this session only.",
+                    help="The PDF is encrypted; its password opens it for this browser session only.",
                 )
         return None
     ss.doc = doc
@@ -470,7 +469,7 @@ def document_panel(engine: Engine, doc: Doc) -> bool:
         )
     else:
         note = (
-            "Another session or model used the engine since; it will re-encode. "
+            "Another browser session or model used the engine since; it will re-encode. "
             if doc.digest in state().encoded
             else ""
         )

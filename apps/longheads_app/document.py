@@ -1,19 +1,19 @@
-"""A PDF as the app holds it in a session: the parsed document plus what identifies the upload."""
+"""A PDF as the app holds it in a browser session: the parsed document plus what identifies the upload."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from longheads import pdf
+from longheads.loading import cache_root
+from longheads.sample_pdf import make_long_pdf
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
-GENERATED = ROOT / "out" / "samples"  # long PDFs made on demand; out/ is not versioned
+SAMPLES = Path(__file__).resolve().parent / "samples"  # shipped with the package
 MAX_UPLOAD_MB = 50
 
 
@@ -56,12 +56,12 @@ def page_range(pages: list[pdf.PDFPage]) -> str:
 
 def samples() -> list[Path]:
     """Bundled PDFs and the long ones generated here, smallest first."""
-    found = [*SAMPLES.glob("*.pdf"), *GENERATED.glob("*.pdf")]
+    found = [*SAMPLES.glob("*.pdf"), *generated_dir().glob("*.pdf")]
     return sorted(found, key=lambda p: (p.stat().st_size, p.name))
 
 
 def known_facts(path: Path) -> tuple[tuple[str, int], ...]:
-    """The questions `samples/make_long_pdf.py` planted in a PDF, from the JSON it writes beside it."""
+    """The questions `longheads.sample_pdf` planted in a PDF, from the JSON it writes beside it."""
     meta = path.with_suffix(".facts.json")
     if not meta.is_file():
         return ()
@@ -71,14 +71,20 @@ def known_facts(path: Path) -> tuple[tuple[str, int], ...]:
         return ()
 
 
+def generated_dir() -> Path:
+    """Where long samples made on demand go: `LONGHEADS_SAMPLES_DIR`, else `samples/` in longheads' cache folder
+    (`LONGHEADS_CACHE_DIR`), else a temporary folder; never the installed package, which may be read-only."""
+    override = os.environ.get("LONGHEADS_SAMPLES_DIR")
+    if override:
+        return Path(override).expanduser()
+    root = cache_root()
+    return (root if root is not None else Path(tempfile.gettempdir()) / "longheads") / "samples"
+
+
 def make_long_sample(tokens: int) -> Path:
-    """Writes a long PDF of real prose (Pride and Prejudice) with facts on known pages (the samples'
-    generator) and returns its path."""
-    GENERATED.mkdir(parents=True, exist_ok=True)
-    path = GENERATED / f"pride-and-prejudice-{tokens // 1000}k.pdf"
-    # A separate process: the generator is a script, not part of the installed package.
-    subprocess.run(
-        [sys.executable, str(SAMPLES / "make_long_pdf.py"), str(path), "--tokens", str(tokens), "--facts", "3"],
-        check=True, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    """Writes a long PDF of real prose (Pride and Prejudice) with facts on known pages and returns its path."""
+    folder = generated_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"pride-and-prejudice-{tokens // 1000}k.pdf"
+    make_long_pdf(path, tokens=tokens, n_facts=3)
     return path

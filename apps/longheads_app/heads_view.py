@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
-from document import Doc, page_range
+from longheads_app.document import Doc, page_range
 
 import longheads
 
@@ -24,7 +24,7 @@ DOCUMENT = "document"
 PROMPT = "prompt"
 TOP_K = 5
 SHOWN = 3  # passages shown before "more": the view must fit beside the chat
-CACHED_VIEWS = 4  # answers whose built view a session keeps
+CACHED_VIEWS = 4  # answers whose built view a browser session keeps
 
 
 @dataclass
