@@ -1,0 +1,1 @@
+"""The Streamlit app: `longheads app`, or `streamlit run` on this package's app.py."""
