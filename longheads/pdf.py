@@ -3,6 +3,12 @@
 `read_pdf` returns a whole `PDFDocument` or raises a `PDFError`: never a document with pages missing.
 The document's `text` is what goes into the prompt; `page_at` / `pages_for_trace` map character spans of
 that text (and so the chunks of a selection trace) back to pages.
+
+Typeset PDFs carry more than their prose: running headers and footers on every page, a table of contents and
+an index. They match many questions and answer none, so heads that read them miss the page with the answer.
+`read_pdf` drops running headers and footers, repairs what extraction breaks (words hyphenated at line ends,
+split accents, ligatures, TeX quotes: `longheads.pdftext`), tells contents and index pages from body pages
+(`PDFPage.kind`) and can leave those out of the text (`skip`).
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import io
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from longheads.errors import ContextTooLongError, LongHeadsError
+from longheads.pdftext import PAGE_KINDS, prepare_pages
 
 __all__ = [
     "PDFError",
@@ -31,6 +38,7 @@ __all__ = [
     "PageHit",
     "read_pdf",
     "PAGE_SEPARATOR",
+    "PAGE_KINDS",
 ]
 
 PDFSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
@@ -74,9 +82,12 @@ class PDFPage:
 
     index: int  # 0-based position in the file
     label: str  # the label the viewer shows ("iv", "37", "A-2"); the 1-based number when the PDF has none
-    text: str
+    text: str  # exactly PDFDocument.text[start:end]; "" for a page left out with read_pdf(skip=...)
     start: int  # character offset of the page's text in PDFDocument.text
     end: int  # exclusive
+    kind: str = "body"  # "body", "contents" or "index" (PAGE_KINDS)
+    skipped: bool = False  # its kind was in read_pdf's `skip`: the page's text is not in PDFDocument.text
+    furniture: tuple[str, ...] = ()  # running header / footer lines taken out of `text`
 
     @property
     def number(self) -> int:
@@ -118,8 +129,9 @@ class PDFDocument:
 
     @property
     def empty_pages(self) -> list[int]:
-        """1-based numbers of pages without text (images, blank pages) in an otherwise readable PDF."""
-        return [p.number for p in self.pages if not p.text]
+        """1-based numbers of pages without text (images, blank pages) in an otherwise readable PDF; skipped
+        pages are not among them."""
+        return [p.number for p in self.pages if not p.text and not p.skipped]
 
     @property
     def title(self) -> str | None:
@@ -140,12 +152,15 @@ class PDFDocument:
         return self.pages[lo]
 
     def pages_in_span(self, start: int, end: int) -> list[PDFPage]:
-        """Every page whose text overlaps the character span [start, end) of `text`."""
+        """Every page whose text overlaps the character span [start, end) of `text`; a span that lies in the
+        gap between pages gives the page before it."""
         start, end = max(start, 0), min(end, len(self.text))
         if end <= start:
             return []
         first, last = self.page_at(start), self.page_at(end - 1)
-        return list(self.pages[first.index : last.index + 1])
+        pages = self.pages[first.index : last.index + 1]
+        # Empty and skipped pages sit in the gaps: a chunk across them read nothing of theirs.
+        return [p for p in pages if p.end > p.start] or [first]
 
     def page_for_span(self, start: int, end: int) -> PDFPage | None:
         """The page that holds most of the span [start, end) of `text`, or None if the span is outside it."""
@@ -204,13 +219,26 @@ class PDFDocument:
 
 
 def read_pdf(
-    source: PDFSource, *, password: str | bytes | None = None, name: str | None = None
+    source: PDFSource,
+    *,
+    password: str | bytes | None = None,
+    name: str | None = None,
+    keep_furniture: bool = False,
+    skip: Collection[str] = (),
+    clean: bool = True,
 ) -> PDFDocument:
     """Read the text layer of every page of a PDF.
 
     `source` is a path, the file's bytes, or a binary file object (read to its end). `password` opens an
     encrypted PDF. Raises a PDFError subclass that says what is wrong; never returns part of a document.
+
+    Running headers and footers ("Chapter 2: Objects 3") are taken out of the pages' text unless
+    `keep_furniture` (`PDFPage.furniture` lists what went). `skip` names page kinds, "contents" and/or
+    "index", whose text stays out of `PDFDocument.text`: such pages stay in `pages`, numbered as in the PDF,
+    with no text and `skipped` set. `clean=False` leaves the characters as pypdf extracts them: no hyphens
+    joined, accents composed, ligatures, quotes or dot leaders repaired (`longheads.pdftext` lists the rules).
     """
+    skip = _check_skip(skip)
     data, name = _read_bytes(source, name)
     label = repr(name) if name else "The file"
     if not data:
@@ -264,14 +292,29 @@ def read_pdf(
             "images; run OCR on it first (for example with ocrmypdf), OCR is out of scope here."
         )
 
+    prepared = prepare_pages(texts, labels, clean=clean, keep_furniture=keep_furniture)
     pages: list[PDFPage] = []
     offset = 0
-    for i, (text, page_label) in enumerate(zip(texts, labels, strict=True)):
+    for i, (page, page_label) in enumerate(zip(prepared, labels, strict=True)):
         if i:
             offset += len(PAGE_SEPARATOR)
-        pages.append(PDFPage(index=i, label=page_label, text=text, start=offset, end=offset + len(text)))
+        skipped = page.kind in skip
+        text = "" if skipped else page.text
+        pages.append(PDFPage(index=i, label=page_label, text=text, start=offset, end=offset + len(text),
+                             kind=page.kind, skipped=skipped, furniture=page.furniture))
         offset += len(text)
-    return PDFDocument(pages=tuple(pages), text=PAGE_SEPARATOR.join(texts), name=name, metadata=_info(reader))
+    text = PAGE_SEPARATOR.join(p.text for p in pages)
+    return PDFDocument(pages=tuple(pages), text=text, name=name, metadata=_info(reader))
+
+
+def _check_skip(skip: Collection[str]) -> frozenset[str]:
+    kinds = frozenset([skip] if isinstance(skip, str) else skip)
+    unknown = sorted(kinds - set(PAGE_KINDS))
+    if unknown:
+        raise ValueError(f"skip takes page kinds {PAGE_KINDS[1:]}, not {unknown}")
+    if "body" in kinds:
+        raise ValueError("skip=('body', ...) would leave nothing of the document to read")
+    return kinds
 
 
 def _read_bytes(source: PDFSource, name: str | None) -> tuple[bytes, str | None]:
