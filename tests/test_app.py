@@ -305,6 +305,7 @@ def test_heads_view_numbers_passages_beyond_a_neutral_question() -> None:
     from dataclasses import replace
 
     import torch
+
     from longheads_app import document, heads_view
 
     trace, parsed = _long_trace(n_chunks=40, steps=3)
@@ -336,6 +337,7 @@ def test_heads_view_of_a_100k_token_document() -> None:
 
     def page() -> None:
         import streamlit as st
+
         from longheads_app import heads_view
 
         trace, doc = st.session_state["case"]

@@ -21,12 +21,12 @@ from typing import Any
 
 import streamlit as st
 import torch
-from longheads_app import document, heads_view
-from longheads_app.document import Doc
 
 import longheads
 from longheads import pdf
 from longheads.errors import ContextTooLongError, LongHeadsError
+from longheads_app import document, heads_view
+from longheads_app.document import Doc
 
 EMBEDDED = "Embedded SmolLM2-135M-Instruct"
 HUB = "Hugging Face hub id"
@@ -453,9 +453,16 @@ def document_panel(engine: Engine, doc: Doc) -> bool:
         if doc.pages:
             number = st.number_input("Page", 1, len(doc.pages), 1, key=f"page-{doc.digest}")
             page = doc.pages[int(number) - 1]
-            st.caption(f"page {page.label} · {len(page.text):,} characters")
+            # The page's part of exactly the text the model reads, so repairs and removals show here too.
+            notes = [f"page {page.label}", f"{len(page.text):,} characters", f"a {page.kind} page"]
+            if page.furniture:
+                notes.append("running header or footer left out: " + " / ".join(page.furniture))
+            st.caption(" · ".join(notes))
             with st.container(height=260):
-                st.text(page.text or "(no text on this page: an image or a blank page)")
+                if page.skipped:
+                    st.text(f"(a {page.kind} page: left out of what the model reads)")
+                else:
+                    st.text(page.text or "(no text on this page: an image or a blank page)")
 
     try:
         doc.pdf.check_fits(n_tokens, lh.max_context, reserve=state().active_settings.max_new_tokens)

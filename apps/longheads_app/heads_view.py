@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
-from longheads_app.document import Doc, page_range
 
 import longheads
+from longheads_app.document import Doc, page_range
 
 ALWAYS_KEPT = "always kept"
 DOCUMENT = "document"
