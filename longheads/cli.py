@@ -43,9 +43,9 @@ def _config(args) -> LongHeadsConfig:
 def _read_document(path: str, password: str | None) -> tuple[str, object | None]:
     file = Path(path)
     if file.suffix.lower() == ".pdf":
-        from .pdf import read_pdf
+        from .pdf import REFERENCE_PAGES, read_pdf
 
-        doc = read_pdf(file, password=password)
+        doc = read_pdf(file, password=password, skip=REFERENCE_PAGES)
         return doc.text, doc
     try:
         return file.read_text(encoding="utf-8"), None

@@ -301,6 +301,18 @@ def _long_trace(n_chunks: int = 400, chunk: int = 256, steps: int = 65):
     return trace, doc
 
 
+def test_the_app_reads_a_manual_without_its_contents_and_index() -> None:
+    """What the model reads of a real manual: every body page, none of the pages that list the others."""
+    from longheads_app import document
+
+    data = (ROOT / "benchmarks" / "real_pdfs" / "R-data.pdf").read_bytes()
+    doc = document.read(data, "R-data.pdf")
+    skipped = [p.number for p in doc.pages if p.skipped]
+    assert skipped == [3, 4, 38, 39, 40, 41]  # contents, then the index
+    assert doc.pages[4].text.startswith("Acknowledgements") and all(p.text == "" for p in doc.pages if p.skipped)
+    assert len(doc.pages) == 41 and doc.text == "\n\n".join(p.text for p in doc.pages)
+
+
 def test_heads_view_numbers_passages_beyond_a_neutral_question() -> None:
     from dataclasses import replace
 

@@ -42,7 +42,8 @@ def digest(data: bytes) -> str:
 
 def read(data: bytes, name: str, password: str | None = None) -> Doc:
     """Parses a PDF; raises a `longheads.pdf.PDFError` subclass that says what is wrong."""
-    return Doc(name, pdf.read_pdf(data, password=password, name=name), len(data), digest(data))
+    parsed = pdf.read_pdf(data, password=password, name=name, skip=pdf.REFERENCE_PAGES)
+    return Doc(name, parsed, len(data), digest(data))
 
 
 def page_range(pages: list[pdf.PDFPage]) -> str:
