@@ -37,7 +37,7 @@ from typing import Any
 
 import longheads
 from longheads.engine import LongHeadsModel
-from longheads.pdf import PDFDocument, PDFPage, read_pdf
+from longheads.pdf import REFERENCE_PAGES, PDFDocument, PDFPage, read_pdf
 
 HERE = Path(__file__).resolve().parent
 QUESTIONS = HERE / "real_pdf_questions.json"
@@ -373,8 +373,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pdfs", nargs="+", default=None, help="file names of the PDFs to ask about (default: all)")
     ap.add_argument("--limit", type=int, default=None, help="at most N questions per document")
     ap.add_argument("--readers", default=",".join(READERS), help=f"comma list out of {','.join(READERS)}")
-    ap.add_argument("--skip", type=lambda v: [k for k in v.split(",") if k], default=[], metavar="KINDS",
-                    help="page kinds whose text read_pdf leaves out of the document, e.g. contents,index")
+    ap.add_argument("--skip", type=lambda v: [k for k in v.split(",") if k], default=list(REFERENCE_PAGES),
+                    metavar="KINDS",
+                    help="page kinds read_pdf leaves out of the document (default: contents,index, as the app "
+                         "and `longheads ask`; '' keeps every page)")
     ap.add_argument("--keep-furniture", action="store_true",
                     help="keep running headers and footers in the text (read_pdf(keep_furniture=True))")
     ap.add_argument("--raw-text", action="store_true",
@@ -385,7 +387,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a LongHeadsConfig field, e.g. vote_scope=layer (repeatable)")
     ap.add_argument("--json", type=Path, default=None, metavar="OUT",
                     help="JSON Lines: one record per question, then a summary record")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RUN",
+                    help="print the tables of the questions of these --json files together (runs of one variant "
+                         "split by --pdfs over several processes); with --json, write them as one file too")
     return ap.parse_args(argv)
+
+
+def merge(paths: list[Path], out: Path | None) -> int:
+    """One table from several runs of the same variant: their questions together, the first run's environment."""
+    records: list[dict] = []
+    summaries: list[dict] = []
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            item = json.loads(line)
+            (summaries if item.get("record") == "summary" else records).append(item)
+    if not records:
+        raise SystemExit(f"--merge: no questions in {', '.join(map(str, paths))}")
+    readers = [r for r in READERS if any(r in rec["readers"] for rec in records)]
+    rows = reader_rows(records, readers)
+    first = summaries[0] if summaries else {}
+    summary = {**first, "record": "summary", "readers": rows, "merged": [str(p) for p in paths],
+               "documents": [d for s in summaries for d in s.get("documents", [])]}
+    if out:
+        write_records(out, [{k: v for k, v in r.items() if k != "record"} for r in records], summary)
+    print(f"{len(records)} questions from {len(paths)} runs; first run: {first.get('date')} · commit "
+          f"{first.get('commit')} · {first.get('device_name')} · command: {first.get('command')}\n")
+    print(summary_table(rows))
+    print()
+    print(document_table(records, readers))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_questions(args.questions)
     if args.check:
         return run_check(data, args.pdf_dir)
+    if args.merge:
+        return merge(args.merge, args.json)
     readers = [r.strip() for r in args.readers.split(",") if r.strip()]
     unknown = sorted(set(readers) - set(READERS))
     if unknown or not readers:
