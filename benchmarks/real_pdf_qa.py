@@ -324,11 +324,13 @@ def environment(lh: LongHeadsModel, args: argparse.Namespace) -> dict:
     import torch
     import transformers
 
+    # A copy of the tree (on a lent machine, say) may have no git directory, or a stale one: it names its commit.
+    commit = os.environ.get("LONGHEADS_COMMIT")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                check=True).stdout.strip() or None
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                                          text=True, check=True).stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
-        commit = os.environ.get("LONGHEADS_COMMIT")  # a copy of the tree without its git directory: say which
+        pass
     device_name = torch.cuda.get_device_name(lh.device) if lh.device.type == "cuda" else cpu_name()
     return {
         "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

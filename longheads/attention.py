@@ -140,6 +140,10 @@ def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, st
     dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
     w = cfg.chunk_size
     rotation = state.table.rotation(dist, keys.device)
+    if not kernels and keys.device.type == "cpu":
+        # Keys turned back to no position once, as they arrive, instead of at every call (score_rows' own turn).
+        free = layer.position_free_keys()
+        return score_maxlogit(queries, free, n_chunks, w, rotation, None, None, score_rows)
     # The tables of positions inside a chunk: the kernel reads the half-width ones the table keeps.
     scorer, tables = (fast.chunk_maxlogit, state.table.halves) if kernels else (score_rows, state.table.get)
     cos, sin = (t[:w] for t in tables(keys.device))

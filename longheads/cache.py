@@ -122,6 +122,9 @@ class LongHeadsLayer(CacheLayerMixin):
         # The question's pooled chunk votes so far and how many tokens cast them (attention's `_pool_votes`).
         self.votes: torch.Tensor | None = None
         self.vote_tokens = 0
+        # CPU scoring only: the keys turned back to no position (`position_free_keys`), and how many are valid.
+        self._free: torch.Tensor | None = None
+        self._free_length = 0
 
     # --- storage -------------------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -204,6 +207,25 @@ class LongHeadsLayer(CacheLayerMixin):
             self._device_keys = copy
         return self._device_keys
 
+    def position_free_keys(self) -> torch.Tensor:
+        """The keys [kv_heads, tokens, d] turned back to no position and rounded to their dtype, as
+        `selection.score_rows` turns them before it scores. On the CPU every call scored every cached key,
+        and turning 33k keys back took most of a decoding step (about 3 s of a 30-layer model's forward on
+        2 cores), so they are turned once, as they arrive, at the cost of a second copy of the keys."""
+        keys = self.keys[0]
+        if self._free is None or self._free.shape[1] < keys.shape[1]:
+            grown = keys.new_empty(keys.shape[0], self._k.shape[2], keys.shape[2])
+            if self._free is not None:
+                grown[:, : self._free_length] = self._free[:, : self._free_length]
+            self._free = grown
+        start, w = self._free_length, self.chunk_size
+        if start < self.length:
+            cos, sin = self.table.get(keys.device)
+            local = torch.arange(start, self.length, device=keys.device) % w
+            self._free[:, start : self.length] = apply_rope(keys[:, start:].float(), cos[local], -sin[local])
+            self._free_length = self.length
+        return self._free[:, : self.length]
+
     def prefetch_keys(self, device: torch.device) -> None:
         """Start copying the offloaded keys stored so far to `device` on a side stream, so that the copy runs
         while the layers before this one compute (only the keys stored after it are copied in `keys_on`)."""
@@ -279,6 +301,7 @@ class LongHeadsLayer(CacheLayerMixin):
             # The representation of a half-kept chunk needs queries we no longer have.
             raise ValueError(f"LongHeadsLayer.crop({max_length}) must keep a multiple of chunk_size")
         self.length = keep
+        self._free_length = min(self._free_length, keep)
         self._device_keys = self._prefetched = None  # copies of keys that may no longer be these
         if self.reps is not None:
             self.reps = self.reps[:, : keep // self.chunk_size]
@@ -287,6 +310,7 @@ class LongHeadsLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length = 0
+        self._free_length = 0
         self._device_keys = self._prefetched = None
         self.reps = None
         self.pending_queries = None
@@ -309,6 +333,7 @@ class LongHeadsLayer(CacheLayerMixin):
         self._k[:, :, start : start + n] = keys
         self._v[:, :, start : start + n] = values
         self.length = start + n
+        self._free_length = min(self._free_length, start)
         self._device_keys = self._prefetched = None  # copies of keys that may no longer be these
 
     def offload(self):  # storage placement is fixed at construction

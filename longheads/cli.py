@@ -108,13 +108,13 @@ def cmd_passkey(args) -> int:
     return 0
 
 
-def cmd_app(args, streamlit_args: list[str]) -> int:
+def cmd_app(args) -> int:
     """Replace this process by Streamlit's server running the app that ships in the `longheads_app` package."""
     app = importlib.util.find_spec("longheads_app")
     if app is None or importlib.util.find_spec("streamlit") is None:
         raise LongHeadsError('The app needs its extra: pip install "longheads[app]"')
     script = str(Path(next(iter(app.submodule_search_locations))) / "app.py")
-    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true", *streamlit_args]
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true", *args.streamlit_args]
     os.execv(sys.executable, command)
     return 0  # not reached: execv does not return
 
@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = ap.parse_known_args(argv)
     if extra and args.command != "app":
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.streamlit_args = extra  # Streamlit's own options, for `longheads app`
     try:
-        return cmd_app(args, extra) if args.command == "app" else args.func(args)
+        return args.func(args)
     except (LongHeadsError, ValueError) as exc:
         print(f"longheads: error: {exc}", file=sys.stderr)
         return 2

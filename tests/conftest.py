@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from typing import Any
 
 import pytest
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @functools.cache

@@ -227,3 +227,33 @@ def test_model_scope_adds_every_earlier_layers_ballots():
     # A later row with one more chunk keeps the tally's columns aligned.
     _pool_votes(second, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 2), "rank", 1, "model", state)
     assert state.tally.tolist() == [1, 1, 2, 2] and state.voters == 6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_position_free_keys_score_as_keys_turned_back_at_every_call(dtype):
+    """The CPU scores read keys turned back to no position once, as they arrive: bit for bit what turning
+    the cached keys back at every call gives, also after a crop and after a beam's tail is put back."""
+    torch.manual_seed(0)
+    w, d, kv = 16, 32, 2
+    table = PositionTable(_Rotary(d), 4 * w)
+    layer = LongHeadsLayer(w, table=table, use_kernels=False)
+
+    def check() -> None:
+        cos, sin = table.get(torch.device("cpu"))
+        n = layer.length // w
+        queries = torch.randn(kv, 3, d).to(dtype)
+        turned = score_rows(queries, layer.keys[0], n, w, cos[:w], sin[:w])
+        free = layer.position_free_keys()
+        assert free.shape == layer.keys[0].shape
+        assert torch.equal(score_rows(queries, free, n, w), turned)
+
+    layer.update(torch.randn(1, kv, 5 * w + 3, d).to(dtype), torch.randn(1, kv, 5 * w + 3, d).to(dtype))
+    check()
+    saved = layer.save_tail(4 * w)
+    layer.update(torch.randn(1, kv, 2 * w, d).to(dtype), torch.randn(1, kv, 2 * w, d).to(dtype))
+    check()
+    layer.restore_tail(4 * w, saved)  # another beam's tokens replace these
+    check()
+    layer.crop(2 * w)
+    layer.update(torch.randn(1, kv, 40 * w, d).to(dtype), torch.randn(1, kv, 40 * w, d).to(dtype))  # storage grows
+    check()
