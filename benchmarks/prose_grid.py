@@ -55,8 +55,8 @@ def compose_text(tokens: int, facts: list[Fact], seed: int, source: str) -> str:
 def ask(lh: LongHeadsModel, text: str, fact: Fact) -> dict:
     messages = longheads.document_messages(text, fact.question)
     t0 = time.perf_counter()
-    answer = lh.generate(messages, max_new_tokens=24, stop=["\n"])
-    trace = lh.last_trace
+    generation = lh.answer(messages, max_new_tokens=24, stop=["\n"])
+    answer, trace = generation.text, generation.trace
     where = trace.prompt_text.index(fact.sentence)
     chunk = next(i for i, (a, b) in enumerate(trace.chunk_char_spans) if a <= where < b)
     first = trace.selections[0]  # [layers, heads, slots]: what the first answer token read

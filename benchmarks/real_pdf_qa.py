@@ -134,8 +134,8 @@ def run_check(data: dict, pdf_dir: Path) -> int:
 def generate(lh: LongHeadsModel, messages: list[dict], max_new_tokens: int, num_beams: int | None
              ) -> tuple[str, Any, dict]:
     """One answer with its selection trace and usage (prompt/completion tokens, prefill/decode seconds)."""
-    text = lh.generate(messages, max_new_tokens=max_new_tokens, num_beams=num_beams)
-    return text, lh.last_trace, dict(lh.last_usage)
+    generation = lh.answer(messages, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    return generation.text, generation.trace, dict(generation.usage)
 
 
 def parse_config(items: list[str]) -> longheads.LongHeadsConfig:

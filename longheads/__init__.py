@@ -27,8 +27,9 @@ __all__ = [
     "is_enabled",
 ]
 
-from .engine import LongHeadsModel, load, load_shared  # noqa: E402
+from .engine import AnswerStream, Generation, LongHeadsModel, load, load_shared  # noqa: E402
 from .prompts import NEUTRAL_QUESTION, document_messages  # noqa: E402
 from .trace import SelectionTrace  # noqa: E402
 
-__all__ += ["NEUTRAL_QUESTION", "LongHeadsModel", "SelectionTrace", "document_messages", "load", "load_shared"]
+__all__ += ["NEUTRAL_QUESTION", "AnswerStream", "Generation", "LongHeadsModel", "SelectionTrace", "document_messages",
+            "load", "load_shared"]

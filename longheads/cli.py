@@ -67,14 +67,15 @@ def cmd_ask(args) -> int:
         pdf.check_fits(n_doc, lh.max_context, reserve=args.max_new_tokens + 64)
     messages = document_messages(text, args.question)
     t0 = time.perf_counter()
-    for piece in lh.stream(messages, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams):
+    stream = lh.stream(messages, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    for piece in stream:
         print(piece, end="", flush=True)
     print()
-    usage = lh.last_usage
+    usage, trace = stream.generation.usage, stream.generation.trace
     print(f"[encode {usage['prefill_seconds']:.1f}s, answer {usage['decode_seconds']:.1f}s, "
           f"total {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
-    if pdf is not None and lh.last_trace is not None:
-        hits = pdf.pages_for_trace(lh.last_trace, k=3)
+    if pdf is not None and trace is not None:
+        hits = pdf.pages_for_trace(trace, k=3)
         if hits:
             print("[heads read most: " + ", ".join(f"page {h.page.label or h.page.number}" for h in hits) + "]",
                   file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -56,6 +56,32 @@ def encode_pieces(model, cache: LongHeadsCache, ids: torch.Tensor, start: int = 
 
 
 @dataclass
+class Generation:
+    """One answer: its text, its usage (prompt, completion and reused tokens, prefill and decode seconds) and
+    the selection trace of what its heads read. Each call has its own, whichever thread asks next."""
+
+    text: str = ""
+    usage: dict = field(default_factory=dict)
+    trace: SelectionTrace | None = None
+
+
+class AnswerStream(Iterator[str]):
+    """The pieces of one answer, as `LongHeadsModel.stream` decides them. Once the stream has ended (or has been
+    closed after its first piece), `generation` holds the whole answer with its usage and trace."""
+
+    def __init__(self, pieces: Iterator[str], generation: Generation):
+        self._pieces = pieces
+        self.generation = generation
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop generating; the engine is free again and `generation` holds what was decided so far."""
+        self._pieces.close()
+
+
+@dataclass
 class _Encoded:
     cache: LongHeadsCache
     ids: list[int]  # tokens whose keys and values the cache holds
@@ -70,6 +96,7 @@ class LongHeadsModel:
         self.config = config
         self.model_name = model_name
         self.device = next(model.parameters()).device
+        # The latest answer's trace and usage, in whichever thread it ran: `Generation` is each call's own.
         self.last_trace: SelectionTrace | None = None
         self.last_usage: dict = {}
         self._lock = threading.RLock()
@@ -168,17 +195,27 @@ class LongHeadsModel:
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  num_beams: int | None = None) -> str:
-        return "".join(self.stream(prompt, max_new_tokens, stop, temperature, top_p, seed, num_beams))
+        return self.answer(prompt, max_new_tokens, stop, temperature, top_p, seed, num_beams).text
+
+    def answer(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               num_beams: int | None = None) -> Generation:
+        """`generate`, with the answer's usage and selection trace."""
+        stream = self.stream(prompt, max_new_tokens, stop, temperature, top_p, seed, num_beams)
+        for _ in stream:
+            pass
+        return stream.generation
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 256, stop: list[str] | None = None,
                temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-               num_beams: int | None = None) -> Iterator[str]:
+               num_beams: int | None = None) -> AnswerStream:
         """Yield the answer in text pieces. Closing the generator stops generation.
 
         With temperature 0 the answer is the best of `num_beams` beams by mean token log-probability, and pieces
         are yielded as soon as every beam agrees on them. By default that is DEFAULT_BEAMS beams for a prompt
         longer than the attention length, and one (greedy decoding) for a prompt the model reads whole, where
-        beams measured no better (docs/design.md). With a temperature, tokens are sampled."""
+        beams measured no better (docs/design.md). With a temperature, tokens are sampled. The stream's
+        `generation` holds the answer, its usage and its trace once it has ended."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -193,9 +230,13 @@ class LongHeadsModel:
         self._check_length(len(ids))
         if num_beams is None:
             num_beams = DEFAULT_BEAMS if temperature == 0 and len(ids) > self.config.attention_length else 1
-        return self._stream(text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed, num_beams)
+        generation = Generation()
+        pieces = self._stream(text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed, num_beams,
+                              generation)
+        return AnswerStream(pieces, generation)
 
-    def _stream(self, text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed, num_beams) -> Iterator[str]:
+    def _stream(self, text, ids, offsets, max_new_tokens, stop, temperature, top_p, seed, num_beams,
+                generation: Generation) -> Iterator[str]:
         with self._lock:
             generator = torch.Generator(device=self.device)
             if seed is not None:
@@ -227,14 +268,16 @@ class LongHeadsModel:
                 raise
             finally:
                 t2 = time.perf_counter()
-                self.last_usage = {
+                generation.text = best.text
+                generation.usage = {
                     "prompt_tokens": len(ids),
                     "completion_tokens": len(best.tokens),
                     "cached_tokens": reused,
                     "prefill_seconds": t1 - t0,
                     "decode_seconds": t2 - t1,
                 }
-                self.last_trace = self._make_trace(text, ids, offsets, len(best.tokens), best.steps)
+                generation.trace = self._make_trace(text, ids, offsets, len(best.tokens), best.steps)
+                self.last_usage, self.last_trace = generation.usage, generation.trace
 
     def _forward(self, token: int) -> torch.Tensor:
         """Feed one token to the cache of the document; returns its next-token logits."""

@@ -36,7 +36,7 @@ def main() -> None:
     # source pages of later answers are those each question made the heads read more than usual.
     start = time.perf_counter()
     about = query_engine.query(longheads.NEUTRAL_QUESTION)
-    query_engine.baseline = llm.engine.last_trace
+    query_engine.baseline = about.metadata["trace"]
     print(f"\nQ: {longheads.NEUTRAL_QUESTION}\nA: {about.response.strip()}")
     print(f"   ({time.perf_counter() - start:.1f} s, document encoded)")
 

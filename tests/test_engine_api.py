@@ -104,6 +104,29 @@ def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
     assert first == fresh
 
 
+def test_each_answer_carries_its_own_text_usage_and_trace(engine):
+    """`answer` and a stream's `generation` belong to their call: a later call leaves them as they were."""
+    q1 = longheads.document_messages(BELLS, "How many times did the bell ring on line 3?")
+    q2 = longheads.document_messages(BELLS, "What rang in the harbour?")
+    first = engine.answer(q1, max_new_tokens=6)
+    assert first.text == engine.generate(q1, max_new_tokens=6)
+    stream = engine.stream(q2, max_new_tokens=6)
+    assert stream.generation.trace is None  # nothing decided yet
+    pieces = list(stream)
+    second = stream.generation
+    assert second.text == "".join(pieces)
+    assert second.trace.prompt_text == engine.render(q2) and first.trace.prompt_text == engine.render(q1)
+    assert first.usage["completion_tokens"] == len(first.trace.selections) - 1 > 0
+    assert second.usage["cached_tokens"] > 0 and second.usage["prompt_tokens"] == second.trace.prompt_tokens
+    # Closed after its first piece: the generation holds what was decided, and the engine is free again.
+    stopped = engine.stream(q1, max_new_tokens=6, num_beams=1)
+    piece = next(stopped)
+    stopped.close()
+    assert stopped.generation.text.startswith(piece) and len(stopped.generation.trace.selections) >= 1
+    assert engine._lock.acquire(blocking=False)
+    engine._lock.release()
+
+
 def test_trace_describes_chunks_and_selections(engine):
     engine.generate(longheads.document_messages(BELLS, "How often did the bell ring on line 10?"), max_new_tokens=5)
     trace = engine.last_trace

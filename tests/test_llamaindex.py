@@ -79,13 +79,13 @@ def test_building_from_a_loaded_engine_loads_nothing(engine: Any, monkeypatch: p
 def test_complete_uses_the_chat_template_unless_formatted(llm: LongHeads, engine: Any) -> None:
     response = llm.complete("Name a fruit.")
     assert response.text
-    assert engine.last_trace.prompt_text == engine.render([{"role": "user", "content": "Name a fruit."}])
-    assert response.additional_kwargs["prompt_tokens"] == engine.last_usage["prompt_tokens"]
+    assert response.raw["trace"].prompt_text == engine.render([{"role": "user", "content": "Name a fruit."}])
+    assert response.additional_kwargs["prompt_tokens"] == response.raw["trace"].prompt_tokens
     assert response.raw["usage"]["model_name"] == "SmolLM2-135M-Instruct"
 
     raw = engine.render([{"role": "user", "content": "Name a fruit."}])
-    assert llm.complete(raw, formatted=True).text == response.text
-    assert engine.last_trace.prompt_text == raw
+    formatted = llm.complete(raw, formatted=True)
+    assert formatted.text == response.text and formatted.raw["trace"].prompt_text == raw
 
 
 def test_stream_complete_deltas(llm: LongHeads) -> None:
@@ -103,9 +103,10 @@ def test_chat_and_stream_chat(llm: LongHeads, engine: Any) -> None:
     ]
     reply = llm.chat(messages)
     assert reply.message.role == MessageRole.ASSISTANT and reply.message.content
-    assert engine.last_trace.prompt_text.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
+    assert reply.raw["trace"].prompt_text.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
     streamed = list(llm.stream_chat(messages))
     assert "".join(r.delta or "" for r in streamed) == streamed[-1].message.content == reply.message.content
+    assert streamed[-1].raw["trace"].prompt_text == reply.raw["trace"].prompt_text
 
 
 def test_stop_strings_of_several_tokens(engine: Any) -> None:

@@ -3,9 +3,9 @@
     longheads app                       # or: streamlit run apps/longheads_app/app.py
 
 The model is loaded once per server process and shared; documents, chats and traces live in the
-browser session's own state. The engine runs one generation at a time, and its document cache and `last_trace`
-belong to whoever ran last, so every use of it here happens inside `turn()`, which also lets a waiting
-browser session show that it waits.
+browser session's own state. The engine runs one generation at a time, and its document cache belongs to whoever
+ran last, so every use of it here happens inside `turn()`, which also lets a waiting browser session show that it
+waits. Each answer's trace and usage come with its own stream (`AnswerStream.generation`).
 """
 
 from __future__ import annotations
@@ -402,12 +402,12 @@ def neutral_trace(engine: Engine, doc: Doc, n_tokens: int, note: Any) -> Any:
         return None  # every head reads everything: there is nothing to subtract
     if doc.digest not in engine.baselines:
         note.caption("Noting what the heads read for any question about this document…")
-        engine.lh.generate(
+        neutral = engine.lh.answer(
             longheads.document_messages(doc.text, longheads.NEUTRAL_QUESTION), max_new_tokens=BASELINE_TOKENS
         )
         while len(engine.baselines) >= KEPT_BASELINES:
             engine.baselines.pop(next(iter(engine.baselines)))
-        engine.baselines[doc.digest] = engine.lh.last_trace
+        engine.baselines[doc.digest] = neutral.trace
         engine.holds = doc.digest
         note.caption("…")
     return engine.baselines[doc.digest]
@@ -549,13 +549,11 @@ def ask(engine: Engine, doc: Doc, question: str, n_tokens: int) -> None:
         start = time.perf_counter()
         with turn(engine):
             lh = engine.lh
-            before = lh.last_trace
             stream = None
             try:
                 if engine.holds != doc.digest:
                     encode(engine, doc, n_tokens)
                 t.baseline = neutral_trace(engine, doc, n_tokens, body)
-                before = lh.last_trace
                 stop.button("Stop", icon=":material/stop_circle:", key="stop")
                 stream = lh.stream(
                     longheads.document_messages(doc.text, question), max_new_tokens=settings.max_new_tokens
@@ -573,9 +571,10 @@ def ask(engine: Engine, doc: Doc, question: str, n_tokens: int) -> None:
                 if stream is not None:
                     stream.close()
                 t.seconds = time.perf_counter() - start
-                trace = lh.last_trace
-                t.trace = trace if trace is not None and trace is not before else None
-                t.usage = dict(lh.last_usage or {}) if t.trace is not None else {}
+                # This answer's own trace and usage: none where it stopped before its first token.
+                generation = stream.generation if stream is not None else None
+                t.trace = generation.trace if generation is not None else None
+                t.usage = dict(generation.usage) if t.trace is not None else {}
                 if not t.error:
                     engine.holds = doc.digest
         stop.empty()

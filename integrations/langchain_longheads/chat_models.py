@@ -118,8 +118,8 @@ class ChatLongHeads(BaseChatModel):
             "num_beams": kwargs.get("num_beams", self.num_beams),
         }
 
-    def _metadata(self, engine: Any, max_new_tokens: int) -> tuple[UsageMetadata, dict[str, Any]]:
-        usage = dict(engine.last_usage or {})
+    def _metadata(self, engine: Any, generation: Any, max_new_tokens: int) -> tuple[UsageMetadata, dict[str, Any]]:
+        usage = dict(generation.usage)
         prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
         usage_metadata = UsageMetadata(
             input_tokens=prompt,
@@ -154,9 +154,9 @@ class ChatLongHeads(BaseChatModel):
             return ChatResult(generations=[ChatGeneration(message=_to_message(message))])
         engine = self.get_engine()
         options = self._options(engine, stop, kwargs)
-        text = engine.generate(to_engine_messages(messages), **options)
-        usage, meta = self._metadata(engine, options["max_new_tokens"])
-        message = AIMessage(content=text, usage_metadata=usage, response_metadata=meta)
+        generation = engine.answer(to_engine_messages(messages), **options)
+        usage, meta = self._metadata(engine, generation, options["max_new_tokens"])
+        message = AIMessage(content=generation.text, usage_metadata=usage, response_metadata=meta)
         return ChatResult(
             generations=[ChatGeneration(message=message)], llm_output={"model_name": meta["model_name"]}
         )
@@ -179,11 +179,11 @@ class ChatLongHeads(BaseChatModel):
                 yield chunk
         finally:
             pieces.close()  # a consumer that stops early stops the generation, and frees the engine
-        yield self._last_chunk(engine, options["max_new_tokens"])
+        yield self._last_chunk(engine, pieces.generation, options["max_new_tokens"])
 
-    def _last_chunk(self, engine: Any, max_new_tokens: int) -> ChatGenerationChunk:
+    def _last_chunk(self, engine: Any, generation: Any, max_new_tokens: int) -> ChatGenerationChunk:
         # Usage and the model name go on one chunk only, so that adding chunks up counts them once.
-        usage, meta = self._metadata(engine, max_new_tokens)
+        usage, meta = self._metadata(engine, generation, max_new_tokens)
         message = AIMessageChunk(
             content="", usage_metadata=usage, response_metadata=meta, chunk_position="last"
         )
@@ -215,12 +215,18 @@ class ChatLongHeads(BaseChatModel):
         # Loading a model by name takes seconds: do that off the loop too.
         engine = await asyncio.to_thread(self.get_engine)
         options = self._options(engine, stop, kwargs)
-        async for piece in iterate_in_thread(lambda: engine.stream(to_engine_messages(messages), **options)):
+        streams = []  # the one stream, made in the worker thread
+
+        def start() -> Any:
+            streams.append(engine.stream(to_engine_messages(messages), **options))
+            return streams[0]
+
+        async for piece in iterate_in_thread(start):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 await run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        yield self._last_chunk(engine, options["max_new_tokens"])
+        yield self._last_chunk(engine, streams[0].generation, options["max_new_tokens"])
 
 
 def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:

@@ -106,8 +106,8 @@ class LongHeads(CustomLLM):
             "num_beams": kwargs.get("num_beams", self.num_beams),
         }
 
-    def _usage(self) -> dict[str, Any]:
-        usage = dict(self.engine.last_usage or {})
+    def _usage(self, generation: Any) -> dict[str, Any]:
+        usage = dict(generation.usage)
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         # The keys LlamaIndex's TokenCountingHandler reads, plus the engine's timings and cache reuse.
         return {
@@ -118,45 +118,52 @@ class LongHeads(CustomLLM):
             "model_name": self.engine.model_name,
         }
 
+    def _raw(self, generation: Any) -> dict[str, Any]:
+        # The trace rides in `raw`, so that a query engine maps the answer it got to pages (LongHeadsQueryEngine).
+        return {"usage": self._usage(generation), "trace": generation.trace}
+
     @staticmethod
     def _prompt(prompt: str, formatted: bool) -> str | list[dict[str, str]]:
         return prompt if formatted else [{"role": "user", "content": prompt}]
 
     def _run(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        text = self.engine.generate(prompt, **self._options(kwargs))
-        return text, self._usage()
+        generation = self.engine.answer(prompt, **self._options(kwargs))
+        return generation.text, self._raw(generation)
 
-    def _pieces(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]) -> Iterator[str]:
-        pieces = self.engine.stream(prompt, **self._options(kwargs))
+    def _pieces(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]) -> Iterator[str | dict[str, Any]]:
+        """The answer's pieces, then its `_raw` dict."""
+        stream = self.engine.stream(prompt, **self._options(kwargs))
         try:
-            yield from pieces
+            yield from stream
         finally:
-            pieces.close()  # a consumer that stops early stops the generation and frees the engine
+            stream.close()  # a consumer that stops early stops the generation and frees the engine
+        yield self._raw(stream.generation)
 
     # --- completion -----------------------------------------------------------------------------------------
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        text, usage = self._run(self._prompt(prompt, formatted), kwargs)
-        return CompletionResponse(text=text, raw={"usage": usage}, additional_kwargs=usage)
+        text, raw = self._run(self._prompt(prompt, formatted), kwargs)
+        return CompletionResponse(text=text, raw=raw, additional_kwargs=raw["usage"])
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         return self._completion_stream(self._pieces(self._prompt(prompt, formatted), kwargs))
 
-    def _completion_stream(self, pieces: Iterator[str]) -> CompletionResponseGen:
+    def _completion_stream(self, pieces: Iterator[str | dict[str, Any]]) -> CompletionResponseGen:
         text = ""
         for piece in pieces:
+            if isinstance(piece, dict):  # the end: usage and trace
+                yield CompletionResponse(text=text, delta="", raw=piece, additional_kwargs=piece["usage"])
+                return
             text += piece
             yield CompletionResponse(text=text, delta=piece)
-        usage = self._usage()
-        yield CompletionResponse(text=text, delta="", raw={"usage": usage}, additional_kwargs=usage)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         # The engine blocks for seconds to minutes: it runs in a worker thread so the event loop stays free.
-        text, usage = await asyncio.to_thread(self._run, self._prompt(prompt, formatted), kwargs)
-        return CompletionResponse(text=text, raw={"usage": usage}, additional_kwargs=usage)
+        text, raw = await asyncio.to_thread(self._run, self._prompt(prompt, formatted), kwargs)
+        return CompletionResponse(text=text, raw=raw, additional_kwargs=raw["usage"])
 
     @llm_completion_callback()
     async def astream_complete(
@@ -169,37 +176,38 @@ class LongHeads(CustomLLM):
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        text, usage = self._run(to_engine_messages(messages), kwargs)
+        text, raw = self._run(to_engine_messages(messages), kwargs)
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
-            raw={"usage": usage},
-            additional_kwargs=usage,
+            raw=raw,
+            additional_kwargs=raw["usage"],
         )
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         return self._chat_stream(self._pieces(to_engine_messages(messages), kwargs))
 
-    def _chat_stream(self, pieces: Iterator[str]) -> ChatResponseGen:
+    def _chat_stream(self, pieces: Iterator[str | dict[str, Any]]) -> ChatResponseGen:
         text = ""
         for piece in pieces:
+            if isinstance(piece, dict):  # the end: usage and trace
+                yield ChatResponse(
+                    message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
+                    delta="",
+                    raw=piece,
+                    additional_kwargs=piece["usage"],
+                )
+                return
             text += piece
             yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
-        usage = self._usage()
-        yield ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
-            delta="",
-            raw={"usage": usage},
-            additional_kwargs=usage,
-        )
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        text, usage = await asyncio.to_thread(self._run, to_engine_messages(messages), kwargs)
+        text, raw = await asyncio.to_thread(self._run, to_engine_messages(messages), kwargs)
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
-            raw={"usage": usage},
-            additional_kwargs=usage,
+            raw=raw,
+            additional_kwargs=raw["usage"],
         )
 
     @llm_chat_callback()
@@ -291,7 +299,7 @@ class WholeDocumentQueryEngine(BaseQueryEngine):
     def _response(self, chat: ChatResponse) -> Response:
         usage = dict(chat.additional_kwargs)
         nodes: list[NodeWithScore] = []
-        trace = self._llm.engine.last_trace
+        trace = (chat.raw or {}).get("trace")
         if self._pdf is not None and trace is not None:
             for hit in self._pdf.pages_for_trace(trace, k=3, baseline=self.baseline):
                 node = TextNode(
@@ -299,7 +307,9 @@ class WholeDocumentQueryEngine(BaseQueryEngine):
                     metadata={"page_label": hit.page.label, "page_number": hit.page.number},
                 )
                 nodes.append(NodeWithScore(node=node, score=float(hit.count)))
-        return Response(response=chat.message.content or "", source_nodes=nodes, metadata={"usage": usage})
+        # The trace too, so that a caller can keep a neutral question's as the baseline of later ones.
+        return Response(response=chat.message.content or "", source_nodes=nodes,
+                        metadata={"usage": usage, "trace": trace})
 
     def _query(self, query_bundle: QueryBundle) -> Response:
         return self._response(self._llm.chat(self._messages(query_bundle.query_str), **self._options()))
