@@ -268,7 +268,12 @@ class LongHeadsModel:
                 raise
             finally:
                 t2 = time.perf_counter()
-                generation.text = best.text
+                if search is not None and best is search.first:
+                    # Closed while decoding: the beam ahead so far, with the text that was yielded of it.
+                    best = search.best()
+                    generation.text = best.text[: search.emitted]
+                else:
+                    generation.text = best.text
                 generation.usage = {
                     "prompt_tokens": len(ids),
                     "completion_tokens": len(best.tokens),
