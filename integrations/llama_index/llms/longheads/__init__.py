@@ -130,14 +130,15 @@ class LongHeads(CustomLLM):
         generation = self.engine.answer(prompt, **self._options(kwargs))
         return generation.text, self._raw(generation)
 
-    def _pieces(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]) -> Iterator[str | dict[str, Any]]:
-        """The answer's pieces, then its `_raw` dict."""
-        stream = self.engine.stream(prompt, **self._options(kwargs))
+    def _start(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]) -> Any:
+        return self.engine.stream(prompt, **self._options(kwargs))
+
+    @staticmethod
+    def _pieces(stream: Any) -> Iterator[str]:
         try:
             yield from stream
         finally:
             stream.close()  # a consumer that stops early stops the generation and frees the engine
-        yield self._raw(stream.generation)
 
     # --- completion -----------------------------------------------------------------------------------------
 
@@ -148,16 +149,17 @@ class LongHeads(CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self._completion_stream(self._pieces(self._prompt(prompt, formatted), kwargs))
+        return self._completion_stream(self._prompt(prompt, formatted), kwargs)
 
-    def _completion_stream(self, pieces: Iterator[str | dict[str, Any]]) -> CompletionResponseGen:
+    def _completion_stream(self, prompt: str | list[dict[str, str]], kwargs: dict[str, Any]) -> CompletionResponseGen:
+        # Started on first iteration, as before: for the async calls, in the worker thread.
+        stream = self._start(prompt, kwargs)
         text = ""
-        for piece in pieces:
-            if isinstance(piece, dict):  # the end: usage and trace
-                yield CompletionResponse(text=text, delta="", raw=piece, additional_kwargs=piece["usage"])
-                return
+        for piece in self._pieces(stream):
             text += piece
             yield CompletionResponse(text=text, delta=piece)
+        raw = self._raw(stream.generation)
+        yield CompletionResponse(text=text, delta="", raw=raw, additional_kwargs=raw["usage"])
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -169,7 +171,7 @@ class LongHeads(CustomLLM):
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        sync = self._completion_stream(self._pieces(self._prompt(prompt, formatted), kwargs))
+        sync = self._completion_stream(self._prompt(prompt, formatted), kwargs)
         return iterate_in_thread(lambda: sync)
 
     # --- chat ----------------------------------------------------------------------------------------------
@@ -185,21 +187,21 @@ class LongHeads(CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return self._chat_stream(self._pieces(to_engine_messages(messages), kwargs))
+        return self._chat_stream(to_engine_messages(messages), kwargs)
 
-    def _chat_stream(self, pieces: Iterator[str | dict[str, Any]]) -> ChatResponseGen:
+    def _chat_stream(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> ChatResponseGen:
+        stream = self._start(messages, kwargs)
         text = ""
-        for piece in pieces:
-            if isinstance(piece, dict):  # the end: usage and trace
-                yield ChatResponse(
-                    message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
-                    delta="",
-                    raw=piece,
-                    additional_kwargs=piece["usage"],
-                )
-                return
+        for piece in self._pieces(stream):
             text += piece
             yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+        raw = self._raw(stream.generation)
+        yield ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=text),
+            delta="",
+            raw=raw,
+            additional_kwargs=raw["usage"],
+        )
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -212,7 +214,7 @@ class LongHeads(CustomLLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        sync = self._chat_stream(self._pieces(to_engine_messages(messages), kwargs))
+        sync = self._chat_stream(to_engine_messages(messages), kwargs)
         return iterate_in_thread(lambda: sync)
 
 
