@@ -1,7 +1,7 @@
 """Passkey accuracy of several selection designs on one loaded model (the search behind docs/design.md).
 
     python benchmarks/passkey_grid.py --lengths 16k,32k --samples 20 --out grid.json \
-        --variant maxlogit: --variant paper:selection=paper --variant vote:vote=max
+        --variant maxlogit: --variant paper:selection=paper --variant scope-layer:vote_scope=layer
 
 Each --variant is NAME:key=value,key=value over LongHeadsConfig fields. Results are written after every
 variant, so a run cut short keeps what it measured.

@@ -8,13 +8,13 @@ followed by its own chunk, so every relative distance stays below the attention 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from . import fast
-from .cache import LongHeadsLayer, current_layer
+from .cache import LongHeadsLayer, SequenceState, layer_of
 from .config import LongHeadsConfig
 from .rope import PositionTable, apply_rope
 from .selection import (
@@ -39,10 +39,9 @@ class ModelState:
     table: PositionTable
     num_heads: int
     num_kv_heads: int
-    rows: tuple | None = None  # (key, Rows) of the forward call in progress
-    # vote_scope="model": the question's ballots of every layer so far (per chunk) and how many were cast.
-    tally: torch.Tensor | None = None
-    voters: int = 0
+    # Only for calls without a LongHeadsCache, whose layers are rebuilt at every call: a LongHeadsCache holds
+    # its own sequence's state, so that several caches (engines, questions) can share one model.
+    uncached: SequenceState = field(default_factory=SequenceState)
 
 
 @torch.compiler.disable  # selection branches on lengths and launches its own kernels: never inside a graph
@@ -52,16 +51,17 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     state: ModelState = module.longheads_state
     if query.shape[0] != 1:
         raise ValueError("LongHeads attention runs one sequence at a time (batch size 1).")
-    layer = current_layer(key)
+    layer = layer_of(key)
     if layer is None:
         # A cache other than LongHeadsCache (or none): rebuild the layer state from the full key/value.
         layer = LongHeadsLayer(state.config.chunk_size, table=state.table,
                                use_kernels=state.config.backend != "reference")
+        layer.sequence = state.uncached
         layer.update(key, value)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if query.shape[2] > 1 and getattr(module, "layer_idx", 0) == 0:
-        state.tally, state.voters = None, 0  # a new prompt (or piece): the model's tally starts afresh
+        layer.sequence.tally, layer.sequence.voters = None, 0  # a new prompt (or piece): the tally starts afresh
     if layer.next_layer is not None:  # LongHeadsConfig.offload_keys: overlap the next layer's copy with this one
         layer.next_layer.prefetch_keys(query.device)
     out = _attend(layer, state, query[0], scaling)
@@ -98,7 +98,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
     if first >= total:
         return out
     kernels = use_fast_path(cfg, device, d) and state.table.halves(device) is not None
-    rows = _call_rows(state, start, first, per_token_from, total)
+    rows = _call_rows(layer.sequence, w, start, first, per_token_from, total)
     scores = row_scores(layer, state, query, start, rows, kernels)
     if kernels:
         fast.attend_rows(layer, state, query, start, rows, scores, scaling, out)
@@ -108,8 +108,8 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
     for r, (a, b) in enumerate(zip(rows.starts.tolist(), rows.ends.tolist(), strict=True)):
         current = a // w
         row = scores[:, r, :current]
-        if r >= rows.n_blocks and cfg.vote != "none":
-            row = _pool_votes(layer, row, cfg.vote, cfg.ballot_size, cfg.vote_scope, state)
+        if r >= rows.n_blocks:
+            row = _pool_votes(layer, row, cfg.ballot_size, cfg.vote_scope)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         q_row = query[:, a - start : b - start].float()
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_row, a, chunks, scaling)
@@ -117,13 +117,13 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
     return out
 
 
-def _call_rows(state: ModelState, start: int, first: int, per_token_from: int, total: int) -> Rows:
+def _call_rows(sequence: SequenceState, w: int, start: int, first: int, per_token_from: int, total: int) -> Rows:
     """The selection rows of this forward call: every layer of a call has the same, so the first layer
     makes them and the others reuse them (with their device copies)."""
-    key = (start, first, per_token_from, total, state.config.chunk_size)
-    if state.rows is None or state.rows[0] != key:
-        state.rows = (key, selection_rows(first, per_token_from, total, state.config.chunk_size))
-    return state.rows[1]
+    key = (start, first, per_token_from, total, w)
+    if sequence.rows is None or sequence.rows[0] != key:
+        sequence.rows = (key, selection_rows(first, per_token_from, total, w))
+    return sequence.rows[1]
 
 
 def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, start: int, rows: Rows,
@@ -137,9 +137,9 @@ def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, st
     if cfg.selection == "paper":
         return torch.einsum("hrd,hcd->hrc", queries.to(layer.reps.dtype), layer.reps[:, :n_chunks]).float()
     keys = layer.keys_on(q_pre.device)[0]
-    dist = cfg.chunk_size if cfg.score_distance is None else cfg.score_distance
     w = cfg.chunk_size
-    rotation = state.table.rotation(dist, keys.device)
+    # Every key sits one chunk before the query: a fixed distance, so the score is RoPE-consistent.
+    rotation = state.table.rotation(w, keys.device)
     if not kernels and keys.device.type == "cpu":
         # Keys turned back to no position once, as they arrive, instead of at every call (score_rows' own turn).
         free = layer.position_free_keys()
@@ -192,41 +192,33 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     )[0]
 
 
-def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, vote: str, k: int, scope: str = "head",
-                state: ModelState | None = None) -> torch.Tensor:
-    """Pool chunk scores over the question's tokens (and the answer's), so a chunk that any of them
-    matched well stays selected for the tokens that follow; with scope "layer", over the layer's heads too,
-    and with "model" over every layer's so far as well (see LongHeadsConfig.vote_scope)."""
+def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, k: int, scope: str) -> torch.Tensor:
+    """Pool chunk scores over the question's tokens (and the answer's): each gives one vote to each of its k best
+    chunks, so a chunk that any of them matched well stays selected for the tokens that follow; with scope
+    "layer", over the layer's heads too, and with "model" over every layer's so far as well (see
+    LongHeadsConfig.vote_scope)."""
     previous = layer.votes
     layer.vote_tokens = 1 if previous is None else layer.vote_tokens + 1
-    if vote == "rank":
-        own = torch.zeros_like(scores).scatter_(1, top_indices(scores, min(k, scores.shape[1])), 1.0)
-        ballot = own.clone()
-        if previous is not None:
-            ballot[:, : previous.shape[1]] += previous
-        layer.votes = ballot
-        if scope != "head":
-            ballot = ballot.mean(0, keepdim=True) / layer.vote_tokens
-        if scope == "model":
-            # Earlier rows may have had more chunks (a question that crosses a chunk boundary): keep them all.
-            prev = state.tally if state.tally is not None else own.new_zeros(0)
-            tally = own.new_zeros(max(len(prev), own.shape[1]))
-            tally[: len(prev)] += prev
-            tally[: own.shape[1]] += own.sum(0)
-            state.tally, state.voters = tally, state.voters + scores.shape[0]
-            ballot = ballot + tally[: own.shape[1]] / state.voters
-        if scope != "head":
-            ballot = ballot * CONSENSUS_WEIGHT
-        # Votes decide; the current token's own scores (squashed to (0, 1)) only break ties.
-        return ballot + torch.softmax(scores, dim=-1)
-    if vote == "mass":
-        scores = torch.softmax(scores, dim=-1)
+    own = torch.zeros_like(scores).scatter_(1, top_indices(scores, min(k, scores.shape[1])), 1.0)
+    ballot = own.clone()
     if previous is not None:
-        grown = torch.full_like(scores, float("-inf") if vote == "max" else 0.0)
-        grown[:, : previous.shape[1]] = previous
-        scores = torch.maximum(grown, scores) if vote == "max" else grown + scores
-    layer.votes = scores
-    return scores if scope == "head" else scores.mean(0, keepdim=True).expand_as(scores)
+        ballot[:, : previous.shape[1]] += previous
+    layer.votes = ballot
+    if scope != "head":
+        ballot = ballot.mean(0, keepdim=True) / layer.vote_tokens
+    if scope == "model":
+        sequence = layer.sequence
+        # Earlier rows may have had more chunks (a question that crosses a chunk boundary): keep them all.
+        prev = sequence.tally if sequence.tally is not None else own.new_zeros(0)
+        tally = own.new_zeros(max(len(prev), own.shape[1]))
+        tally[: len(prev)] += prev
+        tally[: own.shape[1]] += own.sum(0)
+        sequence.tally, sequence.voters = tally, sequence.voters + scores.shape[0]
+        ballot = ballot + tally[: own.shape[1]] / sequence.voters
+    if scope != "head":
+        ballot = ballot * CONSENSUS_WEIGHT
+    # Votes decide; the current token's own scores (squashed to (0, 1)) only break ties.
+    return ballot + torch.softmax(scores, dim=-1)
 
 
 def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, pos: int,
@@ -241,7 +233,7 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     own = pos + m - chunk_start  # tokens of the current chunk visible to the last query
     storage = layer.keys.device
     groups = state.num_heads // state.num_kv_heads
-    if groups > 1 and state.config.granularity == "kv_group":
+    if groups > 1:
         # Heads of a group read the same chunks: gather each KV head once and let SDPA share it (GQA).
         kv, rows = torch.arange(state.num_kv_heads, device=storage), chunks[::groups]
     else:

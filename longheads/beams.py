@@ -13,15 +13,13 @@ every length, and as many passkeys (docs/design.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from .cache import TailState
-
-if TYPE_CHECKING:
-    from .engine import LongHeadsModel
+from .cache import LongHeadsCache, TailState, cache_argument
+from .trace import selection_step
 
 DEFAULT_BEAMS = 4
 
@@ -44,14 +42,19 @@ class Beam:
 
 
 class BeamSearch:
-    """The beams of one answer, from the last prompt token's `logits`; the engine's document cache holds the prompt."""
+    """The beams of one answer, from the last prompt token's `logits`; `cache` holds the prompt's `start` tokens.
 
-    def __init__(self, engine: LongHeadsModel, start: int, logits: torch.Tensor, num_beams: int, stop: list[str],
+    `decode` turns token ids into text; `eos` are the ids that end an answer."""
+
+    def __init__(self, model: torch.nn.Module, cache: LongHeadsCache, start: int, logits: torch.Tensor,
+                 num_beams: int, stop: list[str], eos: set[int], decode: Callable[[list[int]], str],
                  temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None):
-        self.engine, self.start, self.num_beams, self.stop = engine, start, num_beams, stop
+        self.model, self.cache, self.start, self.num_beams, self.stop = model, cache, start, num_beams, stop
+        self.eos, self.decode = eos, decode
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
-        cache = engine._encoded.cache
-        self.first = Beam([], 0.0, "", [engine._selection_step(cache)], _logprobs(logits))
+        text_config = model.config.get_text_config(decoder=True)
+        self._trace_shape = text_config.num_attention_heads, model.longheads.config.slots
+        self.first = Beam([], 0.0, "", [self._selection_step()], _logprobs(logits))
         if num_beams > 1:
             self.first.state = cache.save_tail(start)
         self.live = [self.first]
@@ -65,17 +68,17 @@ class BeamSearch:
         """Extend the beams by one token; False once `num_beams` answers have finished (or none is left)."""
         candidates = [(beam.score + logprob, beam, token) for beam in self.live for token, logprob in self._next(beam)]
         candidates.sort(key=lambda c: -c[0])
-        cache = self.engine._encoded.cache
+        cache = self.cache
         self.live = []
         for score, parent, token in candidates:
             if len(self.live) == self.num_beams:
                 break
             n = len(parent.tokens) + 1
-            if token in self.engine._eos:
+            if token in self.eos:
                 self.done.append(Beam(parent.tokens, score, parent.text, parent.steps, scored_tokens=n, base=parent))
                 continue
             tokens = parent.tokens + [token]
-            text = self.engine._decode(tokens)
+            text = self.decode(tokens)
             cut = min((text.find(s) for s in self.stop if s in text), default=-1)
             if cut >= 0:
                 self.done.append(Beam(tokens, score, text[:cut], parent.steps, scored_tokens=n, base=parent,
@@ -83,8 +86,8 @@ class BeamSearch:
                 continue
             if parent is not self.loaded:
                 cache.restore_tail(parent.state)
-            logits = self.engine._forward(token)
-            beam = Beam(tokens, score, text, parent.steps + [self.engine._selection_step(cache)], _logprobs(logits),
+            logits = self._forward(token)
+            beam = Beam(tokens, score, text, parent.steps + [self._selection_step()], _logprobs(logits),
                         scored_tokens=n)
             if self.num_beams > 1:
                 beam.state = cache.save_tail(self.start)
@@ -112,7 +115,7 @@ class BeamSearch:
         n = 0
         while n < shortest and all(b.tokens[n] == beams[0].tokens[n] for b in beams):
             n += 1
-        text = self.engine._decode(beams[0].tokens[:n])
+        text = self.decode(beams[0].tokens[:n])
         safe = len(text) - self.hold
         if text.endswith("\ufffd"):  # an unfinished UTF-8 character
             safe = min(safe, len(text) - 1)
@@ -129,16 +132,22 @@ class BeamSearch:
 
     def settle(self, best: Beam) -> None:
         """Leave the cache holding the prompt and `best`'s tokens, as if it alone had been decoded."""
-        cache = self.engine._encoded.cache
         base = best.base or best
         if base is not self.loaded:
-            cache.restore_tail(base.state)
+            self.cache.restore_tail(base.state)
             self.loaded = base
         if best.pending is not None:
-            self.engine._forward(best.pending)
-            best.steps = best.steps + [self.engine._selection_step(cache)]
+            self._forward(best.pending)
+            best.steps = best.steps + [self._selection_step()]
             best.pending = None
-        self.engine._encoded.ids[self.start :] = best.tokens
+
+    def _forward(self, token: int) -> torch.Tensor:
+        """Feed one token to the cache; returns its next-token logits."""
+        ids = torch.tensor([[token]], device=self.model.device)
+        return self.model(input_ids=ids, **cache_argument(self.model, self.cache), use_cache=True).logits[0, -1]
+
+    def _selection_step(self) -> torch.Tensor:
+        return selection_step(self.cache, *self._trace_shape)
 
 
 def _logprobs(logits: torch.Tensor) -> torch.Tensor:

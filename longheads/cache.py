@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import threading
 import weakref
 from dataclasses import dataclass
 
@@ -29,16 +28,22 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from . import fast
 from .rope import PositionTable, apply_rope
 
-# The layer whose `update` ran last on this thread: the attention function of the same layer runs right
-# after it, and finds its state here (transformers passes the cache to the module, not to the function).
-_current = threading.local()
+
+@dataclass
+class SequenceState:
+    """What the layers of one sequence's cache share during a forward call: the call's selection rows (the same
+    for every layer) and, with vote_scope="model", the question's ballots of every layer so far (per chunk) and
+    how many were cast. It lives with the cache, so that the model itself holds no sequence's state."""
+
+    rows: tuple | None = None  # (key, selection.Rows) of the forward call in progress
+    tally: torch.Tensor | None = None
+    voters: int = 0
 
 
-def current_layer(key: torch.Tensor) -> LongHeadsLayer | None:
-    layer = getattr(_current, "layer", None)
-    if layer is not None and layer.returned_keys is key:
-        return layer
-    return None
+def layer_of(keys: torch.Tensor) -> LongHeadsLayer | None:
+    """The LongHeadsLayer whose `update` returned `keys`. transformers passes the attention function the keys
+    the cache returned, not the cache: the keys carry their layer."""
+    return getattr(keys, "longheads_layer", None)
 
 
 def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -115,8 +120,8 @@ class LongHeadsLayer(CacheLayerMixin):
         # (unrotated) queries of the chunk being filled, which its representation needs.
         self.reps: torch.Tensor | None = None  # [heads, chunks, head_dim]
         self.pending_queries: torch.Tensor | None = None  # [heads, tokens, head_dim]
-        self.returned_keys: torch.Tensor | None = None
         self.tail_enabled = True
+        self.sequence = SequenceState()  # shared by every layer of a LongHeadsCache
         # Chunk ids [heads, slots] the last query of the latest call read (for the selection trace).
         self.last_selection: torch.Tensor | None = None
         # The question's pooled chunk votes so far and how many tokens cast them (attention's `_pool_votes`).
@@ -182,9 +187,9 @@ class LongHeadsLayer(CacheLayerMixin):
         self._store_keys(key_states[0])
         self._store(value_states[0], self._v[0])
         self.length += n
-        _current.layer = self
-        self.returned_keys = self.keys
-        return self.returned_keys, self.values
+        keys = self.keys
+        keys.longheads_layer = self  # see `layer_of`
+        return keys, self.values
 
     def keys_on(self, device: torch.device) -> torch.Tensor:
         """The keys [1, kv_heads, tokens, d] on `device`. Offloaded keys are copied there once per attention
@@ -385,7 +390,9 @@ class LongHeadsCache(Cache):
             for _ in range(n_layers)
         ]
         super().__init__(layers=layers)
-        self.model_state = state  # its question-time tally belongs to a beam as much as the layers' votes do
+        self.sequence = SequenceState()
+        for layer in layers:
+            layer.sequence = self.sequence
         if cfg.offload_keys:  # each layer starts the next one's keys on their way to the GPU
             for layer, following in zip(layers, layers[1:], strict=False):
                 layer.next_layer = following
@@ -414,14 +421,14 @@ class LongHeadsCache(Cache):
         """What this cache holds past the first `start` tokens (a beam's own tokens, when `start` is the prompt's
         length), with the votes its question and those tokens pooled. The state and attributes it copies
         from are replaced, never changed in place, by later calls, so references to them are enough."""
-        return TailState(start, [layer.save_tail(start) for layer in self.layers], self.model_state.tally,
-                         self.model_state.voters)
+        return TailState(start, [layer.save_tail(start) for layer in self.layers], self.sequence.tally,
+                         self.sequence.voters)
 
     def restore_tail(self, saved: TailState) -> None:
         """Make the cache hold what it held when `saved` was taken (its first `saved.start` tokens must be the same)."""
         for layer, part in zip(self.layers, saved.layers, strict=True):
             layer.restore_tail(saved.start, part)
-        self.model_state.tally, self.model_state.voters = saved.tally, saved.voters
+        self.sequence.tally, self.sequence.voters = saved.tally, saved.voters
 
     def capacity(self) -> int:
         """Tokens every layer has storage for (0 before the first update)."""

@@ -9,9 +9,7 @@ import torch
 from .errors import ConfigError
 
 SELECTION_METHODS = ("maxlogit", "paper")
-VOTES = ("none", "max", "mass", "rank")
 VOTE_SCOPES = ("head", "layer", "model")
-GRANULARITIES = ("head", "kv_group")
 BACKENDS = ("auto", "triton", "reference")
 
 
@@ -21,8 +19,9 @@ class LongHeadsConfig:
 
     Every head reads at most ``attention_length`` tokens: ``sink_chunks`` first chunks, ``recent_chunks``
     complete chunks before the current one, the current (partial) chunk, and the best-scoring chunks
-    for the rest. Selected chunks are laid out contiguously, so no head sees a relative distance beyond
-    ``attention_length``, which must stay within the model's pretrained length.
+    for the rest; query heads that share keys (grouped-query attention) pick together. Selected chunks are
+    laid out contiguously, so no head sees a relative distance beyond ``attention_length``, which must stay
+    within the model's pretrained length.
     """
 
     chunk_size: int = 256
@@ -33,24 +32,18 @@ class LongHeadsConfig:
     # How chunks are scored against a query: "maxlogit" (best single-key match, RoPE-consistent)
     # or "paper" (the paper's attention-pooled chunk representation).
     selection: str = "maxlogit"
-    # "head": every query head picks its own chunks; "kv_group": heads that share keys pick together.
-    granularity: str = "kv_group"
     # The last `tail_tokens` tokens of every forward call pick chunks token by token; earlier tokens
     # pick once per chunk-sized block. Questions sit at the end of a prompt, where selection matters.
     tail_tokens: int = 16
-    # How the question's tokens pool their chunk scores: "none" (each token alone), "max" (running max
-    # of every earlier tail token's scores), "mass" (running sum of each token's softmax over chunks) or
-    # "rank" (each token gives one vote to each of its top chunks; ties go to the current token's scores).
-    vote: str = "rank"
-    # With "rank": how many chunks each of those tokens votes for; None = as many as a head selects.
+    # The question's tokens (and the answer's) pool their choices: each gives one vote to each of its
+    # `votes_per_token` best chunks, and a chunk's votes so far decide, the current token's scores breaking
+    # ties. None: as many votes as a head selects chunks.
     votes_per_token: int | None = 3
     # Whose pooled votes a head follows at question time: "head" (its own), "layer" (those of every head of
     # its layer, its own scores breaking ties, so that a layer's heads read the same chunks) or "model" (the
-    # layer's plus the share of every earlier layer's; with votes other than "rank", as "layer"). "model"
-    # finds facts in long prose more often the longer the document (docs/design.md).
+    # layer's plus the share of every earlier layer's). "model" finds facts in long prose more often the longer
+    # the document (docs/design.md).
     vote_scope: str = "model"
-    # The fixed query-key distance (in tokens) at which "maxlogit" scores chunks; None = chunk_size.
-    score_distance: int | None = None
     max_context: int = 131072
     # Keep the values of the KV cache in pinned CPU memory; only the chunks a head selects go to the GPU.
     cpu_offload: bool = False
@@ -84,9 +77,8 @@ class LongHeadsConfig:
 
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("selection", "granularity", "cpu_offload", "offload_keys", "attention_length", "vote",
-                          "score_distance", "backend", "votes_per_token", "vote_scope", "compile_layers",
-                          "prefill_piece"):
+            if f.name in ("selection", "cpu_offload", "offload_keys", "attention_length", "backend",
+                          "votes_per_token", "vote_scope", "compile_layers", "prefill_piece"):
                 continue
             need(isinstance(value, int) and not isinstance(value, bool), f.name, "it must be an integer")
         need(16 <= self.chunk_size <= 8192, "chunk_size", "allowed range is 16..8192")
@@ -94,11 +86,8 @@ class LongHeadsConfig:
         need(self.recent_chunks >= 0, "recent_chunks", "it must be >= 0")
         need(self.tail_tokens >= 0, "tail_tokens", "it must be >= 0")
         need(self.selection in SELECTION_METHODS, "selection", f"choose one of {SELECTION_METHODS}")
-        need(self.granularity in GRANULARITIES, "granularity", f"choose one of {GRANULARITIES}")
-        need(self.vote in VOTES, "vote", f"choose one of {VOTES}")
         need(self.vote_scope in VOTE_SCOPES, "vote_scope", f"choose one of {VOTE_SCOPES}")
         need(self.backend in BACKENDS, "backend", f"choose one of {BACKENDS}")
-        need(optional_int(self.score_distance, 0), "score_distance", "it must be None or an integer >= 0")
         need(optional_int(self.votes_per_token, 1), "votes_per_token", "it must be None or an integer >= 1")
         need(isinstance(self.cpu_offload, bool), "cpu_offload", "it must be True or False")
         need(isinstance(self.offload_keys, bool), "offload_keys", "it must be True or False")
@@ -130,7 +119,7 @@ class LongHeadsConfig:
 
     @property
     def ballot_size(self) -> int:
-        """Chunks each question token votes for (rank votes)."""
+        """Chunks each question token votes for."""
         return min(self.votes_per_token or self.selected_chunks, self.selected_chunks)
 
     def check_attention_length(self, pretrained_length: int | None) -> None:

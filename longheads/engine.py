@@ -245,7 +245,8 @@ class LongHeadsModel:
             budget = min(max_new_tokens, self.max_context - len(ids))
             logits, reused = self._prefill(ids, None, budget)
             t1 = time.perf_counter()
-            search = BeamSearch(self, len(ids), logits, num_beams, stop, temperature, top_p, generator)
+            search = BeamSearch(self.model, self._encoded.cache, len(ids), logits, num_beams, stop, self._eos,
+                                self._decode, temperature, top_p, generator)
             best = search.first
             try:
                 with torch.inference_mode():
@@ -257,6 +258,7 @@ class LongHeadsModel:
                             yield piece
                     best = search.best()
                     search.settle(best)
+                    self._encoded.ids[len(ids) :] = best.tokens
                 if len(best.text) > search.emitted:
                     yield best.text[search.emitted :]
             except Exception as exc:
@@ -284,25 +286,10 @@ class LongHeadsModel:
                 generation.trace = self._make_trace(text, ids, offsets, len(best.tokens), best.steps)
                 self.last_usage, self.last_trace = generation.usage, generation.trace
 
-    def _forward(self, token: int) -> torch.Tensor:
-        """Feed one token to the cache of the document; returns its next-token logits."""
-        return self.model(input_ids=torch.tensor([[token]], device=self.device),
-                          **cache_argument(self.model, self._encoded.cache), use_cache=True).logits[0, -1]
-
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     # --- trace ---------------------------------------------------------------------------------------------
-    def _selection_step(self, cache: LongHeadsCache) -> torch.Tensor:
-        slots = self.config.slots
-        rows = []
-        for layer in cache.layers:
-            sel = layer.last_selection
-            if sel is None:
-                sel = torch.full((self.num_heads, slots), -1, dtype=torch.long)
-            rows.append(sel[:, :slots].to("cpu", torch.int32))
-        return torch.stack(rows)
-
     def _make_trace(self, text, ids, offsets, n_generated, steps) -> SelectionTrace:
         w = self.config.chunk_size
         total = len(ids) + n_generated

@@ -39,12 +39,10 @@ def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chu
     return kernels.chunk_maxlogit(queries, keys, n_chunks, chunk_size, cos, sin)
 
 
-def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current: torch.Tensor,
-          last_current: int, scope: str = "head", state=None) -> torch.Tensor:
+def _pool(layer, scores: torch.Tensor, n_blocks: int, k: int, current: torch.Tensor, last_current: int,
+          scope: str) -> torch.Tensor:
     """The reference's `_pool_votes` for all tail rows (rows n_blocks..) at once: votes accumulate over the
-    tail in order."""
-    if vote == "none" or n_blocks == scores.shape[1]:
-        return scores
+    tail in order, as a cumulative sum."""
     idx = slice(n_blocks, None)
     raw = scores[:, idx]  # [heads, m, C]; columns at or beyond a row's current chunk are -inf
     heads, m, n_chunks = raw.shape
@@ -55,40 +53,26 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, vote: str, k: int, current
     base = torch.zeros(heads, n_chunks, device=raw.device, dtype=raw.dtype)
     if previous is not None:
         base[:, : previous.shape[1]] = previous[:, :n_chunks]
-    if vote == "rank":
-        top = top_indices(raw, min(k, n_chunks))
-        own = torch.zeros_like(raw).scatter_(2, top, 1.0)
-        ballots = own.cumsum(1) + base[:, None]
-        last = ballots[:, -1]
-        if scope != "head":
-            tokens = torch.arange(done + 1, done + m + 1, device=raw.device, dtype=raw.dtype)
-            ballots = ballots.mean(0, keepdim=True) / tokens[:, None]
-        if scope == "model":
-            tally = own.sum(0).cumsum(0)  # [m, C]: this layer's ballots up to each row
-            if state.tally is not None:
-                tally[:, : state.tally.shape[0]] += state.tally[:n_chunks]
-            voters = state.voters + heads * torch.arange(1, m + 1, device=raw.device, dtype=raw.dtype)
-            state.tally, state.voters = tally[-1], state.voters + heads * m
-            ballots = ballots + tally / voters[:, None]
-        if scope != "head":
-            ballots = ballots * CONSENSUS_WEIGHT
-        pooled_scores = ballots + torch.softmax(raw, dim=-1)
-    else:
-        per_token = torch.softmax(raw, dim=-1) if vote == "mass" else raw
-        if vote == "max":
-            if previous is None:
-                base.fill_(float("-inf"))
-            else:
-                base[:, previous.shape[1] :] = float("-inf")
-            pooled_scores = torch.maximum(per_token.cummax(1).values, base[:, None])
-        else:
-            pooled_scores = per_token.cumsum(1) + base[:, None]
-        last = pooled_scores[:, -1]
-        if scope != "head":
-            pooled_scores = torch.where(valid, pooled_scores, 0.0).mean(0, keepdim=True).expand_as(pooled_scores)
+    top = top_indices(raw, min(k, n_chunks))
+    own = torch.zeros_like(raw).scatter_(2, top, 1.0)
+    ballots = own.cumsum(1) + base[:, None]
+    last = ballots[:, -1]
+    if scope != "head":
+        tokens = torch.arange(done + 1, done + m + 1, device=raw.device, dtype=raw.dtype)
+        ballots = ballots.mean(0, keepdim=True) / tokens[:, None]
+    if scope == "model":
+        sequence = layer.sequence
+        tally = own.sum(0).cumsum(0)  # [m, C]: this layer's ballots up to each row
+        if sequence.tally is not None:
+            tally[:, : sequence.tally.shape[0]] += sequence.tally[:n_chunks]
+        voters = sequence.voters + heads * torch.arange(1, m + 1, device=raw.device, dtype=raw.dtype)
+        sequence.tally, sequence.voters = tally[-1], sequence.voters + heads * m
+        ballots = ballots + tally / voters[:, None]
+    if scope != "head":
+        ballots = ballots * CONSENSUS_WEIGHT
     layer.votes = last[:, :last_current]
     out = scores.clone()
-    out[:, idx] = torch.where(valid, pooled_scores, float("-inf"))
+    out[:, idx] = torch.where(valid, ballots + torch.softmax(raw, dim=-1), float("-inf"))
     return out
 
 
@@ -99,7 +83,7 @@ def _choose(scores: torch.Tensor, rows: Rows, cfg, groups: int) -> torch.Tensor:
     # The masks and the always-kept chunks depend on the rows only: made once per call, for every layer.
     candidate, fixed = (_layout(rows, cfg, n_chunks, device, name) for name in ("candidate", "fixed"))
     cand = torch.where(candidate, scores, float("-inf"))
-    if cfg.granularity == "kv_group" and groups > 1:
+    if groups > 1:
         cand = cand.view(heads // groups, groups, n_rows, n_chunks).sum(1).repeat_interleave(groups, 0)
     top = top_indices(cand, cfg.selected_chunks)
     return torch.cat([fixed.expand(heads, -1, -1), top], -1).sort(-1).values
@@ -149,10 +133,10 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     groups = state.num_heads // state.num_kv_heads
     n_rows, n_chunks, n_blocks = scores.shape[1], scores.shape[2], rows.n_blocks
     current = rows.on(device, "current", lambda: rows.starts // w)
-    if cfg.vote != "none" and n_blocks < n_rows:  # the question's tokens pool their votes
+    if n_blocks < n_rows:  # the question's tokens pool their votes
         valid = _layout(rows, cfg, n_chunks, device, "valid")
-        scores = _pool(layer, torch.where(valid, scores, float("-inf")), n_blocks, cfg.vote, cfg.ballot_size, current,
-                       n_chunks, cfg.vote_scope, state)
+        scores = _pool(layer, torch.where(valid, scores, float("-inf")), n_blocks, cfg.ballot_size, current,
+                       n_chunks, cfg.vote_scope)
     sel = _choose(scores, rows, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 
@@ -166,7 +150,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     # pinned memory in place, over the bus, without a staging copy or a wait for the host.
     tma = None if values.device == device else False
     half_cos, half_sin = state.table.halves(device)
-    pack = cfg.granularity == "kv_group" and groups > 1
+    pack = groups > 1  # heads that share keys read the same chunks: one program serves the group
     for kind, which, block_m in (("blocks", torch.arange(n_blocks), 128 if keys.dtype != torch.float32 else 64),
                                  ("tail", torch.arange(n_blocks, n_rows), 16)):
         if len(which) == 0:

@@ -163,7 +163,7 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
     device = scores.device
     fixed = torch.cat([torch.arange(sink, device=device), torch.arange(hi, current, device=device)])
     cand = scores[:, lo:hi]
-    if config.granularity == "kv_group" and groups > 1:
+    if groups > 1:  # heads that share keys choose together: their scores add up
         cand = cand.view(heads // groups, groups, -1).sum(dim=1).repeat_interleave(groups, dim=0)
     k = min(k, hi - lo)
     top = top_indices(cand, k) + lo

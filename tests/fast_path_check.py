@@ -1,11 +1,16 @@
 """Run a tiny model through the reference path and the Triton fast path and report how far apart they are.
 
-    python tests/fast_path_check.py DEVICE DTYPE GRANULARITY HEAD_DIM LENGTH [offload[_keys]|pointers|VOTE[:SCOPE]]
+    python tests/fast_path_check.py DEVICE DTYPE CHECKS HEAD_DIM LENGTH
 
-GRANULARITY may list several checks, comma-separated, each with its own option after a slash (kv_group,head,
-kv_group/pointers,kv_group/mass:head): one process, one model, one JSON line per check, in order. The Triton
-interpreter's checks are batched this way, because importing torch, transformers and triton takes a check's
-process several seconds on a small CPU.
+CHECKS is a comma-separated list of checks, each printed as one JSON line, in order, from one process. The
+Triton interpreter's checks are batched this way, because importing torch, transformers and triton takes a
+check's process several seconds on a small CPU.
+
+default: the default configuration, on a model with three query heads per KV head (grouped-query attention).
+
+mha: the same on a model with one KV head per query head.
+
+head, layer: the question's votes pooled with vote_scope "head" or "layer" instead of the default "model".
 
 offload, offload_keys: both paths with the values (and the keys) in CPU memory; the fast path is also run without
 offload, and its outputs and selections compared with the offloaded run's.
@@ -47,38 +52,42 @@ def main() -> None:
     head_dim, length = int(head_dim), int(length)
     if device == "cpu":  # the interpreter runs the kernels on CPU tensors
         fast.available = lambda _device: True
-    torch.manual_seed(0)
-    # Three query heads per KV head (as in the embedded model): packing pads groups to a power of two.
-    # One layer in bfloat16: a deeper random model passes rounding differences on to the next layer's
-    # near-tied chunk scores, so only float32 can check several layers for identical selections.
-    config = LlamaConfig(vocab_size=32000, hidden_size=6 * head_dim, intermediate_size=256,
-                         num_hidden_layers=2 if dtype == "float32" else 1, num_attention_heads=6,
-                         num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256)
-    model = LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
+    models = {}
     # Distinct tokens: in the first layer a key depends on its token only, so a repeated token would give two
     # chunks exactly equal scores, a tie each path may break its own way.
     ids = torch.randperm(32000, generator=torch.Generator().manual_seed(1))[: length + 8][None].to(device)
     for check in checks.split(","):
-        granularity, _, extra = check.partition("/")
-        print(json.dumps(compare(model, ids, granularity, extra or (sys.argv[6] if sys.argv[6:] else ""))),
-              flush=True)
+        # Three query heads per KV head (as in the embedded model): packing pads groups to a power of two.
+        kv_heads = 6 if check == "mha" else 2
+        if kv_heads not in models:
+            models[kv_heads] = _model(device, dtype, head_dim, kv_heads)
+        print(json.dumps(compare(models[kv_heads], ids, check)), flush=True)
 
 
-def compare(model, ids: torch.Tensor, granularity: str, extra: str) -> dict:
+def _model(device: str, dtype: str, head_dim: int, kv_heads: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    # One layer in bfloat16: a deeper random model passes rounding differences on to the next layer's
+    # near-tied chunk scores, so only float32 can check several layers for identical selections.
+    config = LlamaConfig(vocab_size=32000, hidden_size=6 * head_dim, intermediate_size=256,
+                         num_hidden_layers=2 if dtype == "float32" else 1, num_attention_heads=6,
+                         num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval().to(device=device, dtype=getattr(torch, dtype))
+
+
+def compare(model, ids: torch.Tensor, check: str) -> dict:
     """The reference path against the fast path on one configuration."""
     length = ids.shape[1] - 8
-    offload = extra in ("offload", "offload_keys")
-    cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, granularity=granularity, max_context=1 << 20,
-               cpu_offload=offload, offload_keys=extra == "offload_keys")
-    if extra and not offload and extra != "pointers":  # VOTE or VOTE:SCOPE
-        cfg["vote"], _, scope = extra.partition(":")
-        cfg["vote_scope"] = scope or "layer"
+    offload = check in ("offload", "offload_keys")
+    cfg = dict(chunk_size=16, attention_length=96, tail_tokens=5, max_context=1 << 20,
+               cpu_offload=offload, offload_keys=check == "offload_keys")
+    if check in ("head", "layer"):
+        cfg["vote_scope"] = check
     # A long first call (plain region, blocks, tail), a second piece, one shorter than the tail (a question
     # after a cached document), then token-by-token decoding.
     cuts = [0, length - 37, length - 3, length] + list(range(length + 1, length + 9))
     ref, ref_sel = run(model, ids, cuts, "reference", cfg)
     tensor_memory_accelerator = kernels.tensor_memory_accelerator
-    if extra == "pointers":
+    if check == "pointers":
         kernels.tensor_memory_accelerator = lambda _device: False
     try:
         got, got_sel = run(model, ids, cuts, "triton", cfg)

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import longheads
 from longheads.beams import BeamSearch
 from longheads.engine import LongHeadsModel, encode_pieces
+from longheads.trace import selection_step
 
 STOP = "e"  # a common letter: some beams end on it, others at the token budget
 PROMPT = " ".join(f"line {i}: the {i % 7}th of {i % 5} keys" for i in range(60))  # ~700 tokens: beyond 256
@@ -33,26 +34,23 @@ def tiny(engine) -> LongHeadsModel:
 def replayed_search(lh: LongHeadsModel, prompt: str, beams: int, max_new_tokens: int,
                     stop: str | None = STOP) -> tuple[list[int], str, torch.Tensor]:
     """The search as specified, with every candidate's log-probabilities computed afresh: a copy of the
-    prompt's cache, and the model's question-time tally as the prompt left it, then the beam's tokens.
+    prompt's cache (with the question's tally as the prompt left it), then the beam's tokens.
     Returns the winner's tokens, text and selections (the trace's)."""
     ids = torch.tensor([lh._tokenize(prompt)[0]])
-    state = lh.model.longheads
     cache = longheads.LongHeadsCache(lh.model)
     with torch.inference_mode():
         logits = encode_pieces(lh.model, cache, ids)
-    after_prompt = (state.tally, state.voters)
-
-    first_step = lh._selection_step(cache)
+    shape = (lh.num_heads, lh.config.slots)
+    first_step = selection_step(cache, *shape)
 
     def replay(tokens: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        mine = copy.deepcopy(cache, {id(cache.model_state): cache.model_state})
-        state.tally, state.voters = after_prompt
+        mine = copy.deepcopy(cache)
         out, steps = logits, [first_step]
         with torch.inference_mode():
             for t in tokens:
                 step = torch.tensor([[t]])
                 out = lh.model(input_ids=step, **longheads.cache_argument(lh.model, mine), use_cache=True).logits[0, -1]
-                steps.append(lh._selection_step(mine))
+                steps.append(selection_step(mine, *shape))
         return torch.log_softmax(out.float(), -1), steps
 
     def next_logprobs(tokens: list[int]) -> torch.Tensor:

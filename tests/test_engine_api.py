@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import longheads
-from longheads.engine import LongHeadsModel
+from longheads.engine import LongHeadsModel, encode_pieces
+from longheads.trace import selection_step
 
 
 @pytest.mark.parametrize(
@@ -18,8 +19,7 @@ from longheads.engine import LongHeadsModel
         ({"attention_length": 1000}, "attention_length"),
         ({"attention_length": 512}, "attention_length"),
         ({"selection": "random"}, "selection"),
-        ({"granularity": "layer"}, "granularity"),
-        ({"vote": "loud"}, "vote"),
+        ({"vote_scope": "loud"}, "vote_scope"),
         ({"votes_per_token": 0}, "votes_per_token"),
         ({"votes_per_token": True}, "votes_per_token"),
         ({"sink_chunks": -1}, "sink_chunks"),
@@ -30,7 +30,6 @@ from longheads.engine import LongHeadsModel
         ({"compile_layers": 1}, "compile_layers"),
         ({"prefill_piece": 1000}, "prefill_piece"),  # not a multiple of the chunk size (256)
         ({"prefill_piece": 0}, "prefill_piece"),
-        ({"score_distance": -1}, "score_distance"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, field):
@@ -65,6 +64,40 @@ def test_prompt_longer_than_max_context_is_refused(engine):
         longheads.enable(engine.model, engine.config)
 
 
+def test_caches_on_one_model_keep_their_own_question_state():
+    """Each LongHeadsCache holds its sequence's question-time votes: two prompts beyond the attention length,
+    encoded one after the other and then decoded in turns, give the logits and selections each gives alone."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256)).eval()
+    longheads.enable(model, longheads.LongHeadsConfig(chunk_size=16, attention_length=128, tail_tokens=4))
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 64, (1, n), generator=gen) for n in (500, 421)]
+    answers = [torch.randint(0, 64, (6,), generator=gen).tolist() for _ in prompts]
+
+    def step(cache, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(input_ids=torch.tensor([[token]]), **longheads.cache_argument(model, cache), use_cache=True)
+        return out.logits[0, -1], selection_step(cache, 4, 8)
+
+    with torch.inference_mode():
+        alone = []
+        for ids, tokens in zip(prompts, answers, strict=True):
+            cache = longheads.LongHeadsCache(model)
+            encode_pieces(model, cache, ids)
+            alone.append([step(cache, t) for t in tokens])
+        caches = [longheads.LongHeadsCache(model) for _ in prompts]
+        for cache, ids in zip(caches, prompts, strict=True):
+            encode_pieces(model, cache, ids)
+        turns = [[], []]
+        for i in range(6):
+            for k in (0, 1):
+                turns[k].append(step(caches[k], answers[k][i]))
+    for want, got in zip(alone, turns, strict=True):
+        for (logits, sel), (logits2, sel2) in zip(want, got, strict=True):
+            assert torch.equal(sel, sel2) and torch.equal(logits, logits2)
+
+
 def test_generate_stream_stop_and_usage(engine):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     full = engine.generate(messages, max_new_tokens=40)
@@ -96,10 +129,11 @@ def test_document_cache_reuses_the_prefix_and_gives_the_same_answer(engine):
     assert n > 4096  # beyond the attention length: LongHeads selection is active
     # Another, shorter document: encoded from scratch into the storage the first one left.
     assert engine._encoded.cache is storage
-    first = engine.generate(q2, max_new_tokens=12)
+    # Greedy: what is reused is the prompt's encoding, whatever decodes after it (tests/test_beams.py for beams).
+    first = engine.generate(q2, max_new_tokens=12, num_beams=1)
     assert engine.last_usage["cached_tokens"] >= n - 300
     engine.reset()
-    fresh = engine.generate(q2, max_new_tokens=12)
+    fresh = engine.generate(q2, max_new_tokens=12, num_beams=1)
     assert engine.last_usage["cached_tokens"] == 0
     assert first == fresh
 

@@ -21,7 +21,7 @@ CHECK = Path(__file__).with_name("fast_path_check.py")
 
 
 def _check(device: str, dtype: str, checks: list[str], head_dim: int, length: int, interpret: bool) -> list[dict]:
-    """Runs fast_path_check.py on CHECKS (GRANULARITY or GRANULARITY/OPTION each) in one process."""
+    """Runs fast_path_check.py on `checks` (see its docstring) in one process."""
     # The source tree first, so that the check imports this checkout's longheads even where it is not installed
     # (as `python -m pytest` in the checkout finds it for the tests themselves).
     path = os.pathsep.join(filter(None, [str(CHECK.parents[1]), os.environ.get("PYTHONPATH")]))
@@ -43,12 +43,12 @@ def _interpreter_works() -> bool:
     return tuple(int(x) for x in numpy.__version__.split(".")[:2]) < (2, 3)
 
 
-# Interpreter checks (GRANULARITY/OPTION, see fast_path_check.py). The interpreter takes Hopper's path (tiles
-# through tensor descriptors); pointers: the path before it. The votes checks compare the reference, which pools
-# the question's votes token by token, with the fast path's cumulative sums and maxima; the default votes ("rank"
-# with vote_scope "model") are the first kernels check's.
-KERNEL_CHECKS = {"kv_group": "kv_group", "head": "head", "kv_group-pointer-loads": "kv_group/pointers"}
-VOTE_CHECKS = {vote: f"kv_group/{vote}" for vote in ("none", "max", "mass", "rank:head", "mass:head")}
+# Interpreter checks (see fast_path_check.py). The interpreter takes Hopper's path (tiles through tensor
+# descriptors); pointers: the path before it. The vote-scope checks compare the reference, which pools the
+# question's votes token by token, with the fast path's cumulative sums; the default scope ("model") is the
+# first kernels check's.
+KERNEL_CHECKS = {"grouped-query": "default", "one-kv-head-per-query-head": "mha", "pointer-loads": "pointers"}
+VOTE_CHECKS = {"vote-scope-head": "head", "vote-scope-layer": "layer"}
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +85,18 @@ def test_batched_votes_match_reference_in_interpreter(interpreter_checks, check)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype,granularity,head_dim,length,offload", [
-    ("float32", "kv_group", 64, 3000, None),
-    ("bfloat16", "kv_group", 128, 3000, None),
-    ("bfloat16", "head", 64, 1000, None),
-    ("float32", "head", 128, 1000, "offload"),
-    ("bfloat16", "kv_group", 128, 3000, "offload"),
-    ("float32", "kv_group", 64, 3000, "offload_keys"),
-    ("bfloat16", "kv_group", 128, 3000, "offload_keys"),
+@pytest.mark.parametrize("dtype,check,head_dim,length", [
+    ("float32", "default", 64, 3000),
+    ("bfloat16", "default", 128, 3000),
+    ("bfloat16", "mha", 64, 1000),
+    ("float32", "offload", 128, 1000),
+    ("bfloat16", "offload", 128, 3000),
+    ("float32", "offload_keys", 64, 3000),
+    ("bfloat16", "offload_keys", 128, 3000),
 ])
-def test_kernels_match_reference_on_gpu(dtype, granularity, head_dim, length, offload):
-    (r,) = _check("cuda", dtype, [f"{granularity}/{offload}" if offload else granularity], head_dim, length,
-                  interpret=False)
+def test_kernels_match_reference_on_gpu(dtype, check, head_dim, length):
+    (r,) = _check("cuda", dtype, [check], head_dim, length, interpret=False)
+    offload = check.startswith("offload")
     # bfloat16 rounding can flip a near-tie between two chunks' scores; float32 must agree exactly.
     exact = dtype == "float32"
     needed = r["selection_rows"] if exact else int(0.9 * r["selection_rows"])

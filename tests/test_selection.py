@@ -7,7 +7,7 @@ import torch
 
 import longheads
 from longheads.attention import ModelState, _chunk_attention, _pool_votes
-from longheads.cache import LongHeadsLayer
+from longheads.cache import LongHeadsLayer, SequenceState
 from longheads.errors import ConfigError
 from longheads.rope import PositionTable, apply_rope, rotation_matrix
 from longheads.selection import (
@@ -25,19 +25,21 @@ def cfg(**kw):
     return longheads.LongHeadsConfig(chunk_size=16, attention_length=128, **kw)  # 8 slots, 5 selected
 
 
-@pytest.mark.parametrize("granularity", ["head", "kv_group"])
+@pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("current", [8, 9, 20, 57])
-def test_choose_keeps_sink_and_recent_never_future_and_sorted(granularity, current):
-    config = cfg(granularity=granularity, recent_chunks=2)
+def test_choose_keeps_sink_and_recent_never_future_and_sorted(groups, current):
+    config = cfg(recent_chunks=2)
     scores = torch.randn(6, current, generator=torch.Generator().manual_seed(current))
-    chosen = choose_chunks(scores, current, config, groups=3)
+    chosen = choose_chunks(scores, current, config, groups=groups)
     assert chosen.shape == (6, config.slots - 1)
     for row in chosen.tolist():
         assert row == sorted(row) and len(set(row)) == len(row)
         assert 0 in row and current - 1 in row and current - 2 in row
         assert max(row) < current  # never the current chunk nor a future one
-    if granularity == "kv_group":
+    if groups > 1:  # heads that share keys read the same chunks
         assert torch.equal(chosen[0], chosen[1]) and torch.equal(chosen[3], chosen[5])
+    else:
+        assert any(not torch.equal(chosen[0], row) for row in chosen[1:]) or current - 3 <= config.selected_chunks
 
 
 def test_choose_picks_the_best_scoring_chunks():
@@ -132,13 +134,14 @@ def test_selected_chunks_are_laid_out_within_the_attention_length():
     """The attention over selected chunks equals a direct computation with keys placed at 0..S*w-1 and the
     query right after them, whatever the chunks' original positions."""
     torch.manual_seed(0)
-    config = cfg(granularity="head")
+    config = cfg()
     w, d, heads = 16, 8, 2
     rotary = _Rotary(d)
-    state = ModelState(config, rotary, PositionTable(rotary, 200), num_heads=heads, num_kv_heads=1)
+    # One KV head per query head, so that each head reads chunks of its own.
+    state = ModelState(config, rotary, PositionTable(rotary, 200), num_heads=heads, num_kv_heads=heads)
     layer = LongHeadsLayer(w, table=state.table)
     total = 50 * w + 5
-    k_pre, v = torch.randn(1, 1, total, d), torch.randn(1, 1, total, d)
+    k_pre, v = torch.randn(1, heads, total, d), torch.randn(1, heads, total, d)
     layer.update(k_pre, v)  # keys arrive without rotary positions and are stored at their place in their chunk
     cos, sin = state.table.get(torch.device("cpu"))
     local = torch.arange(total) % w
@@ -154,11 +157,11 @@ def test_selected_chunks_are_laid_out_within_the_attention_length():
         positions = torch.arange(len(idx))  # remapped: contiguous from 0
         assert positions.max() < config.attention_length
         kc, sc = rotary(k_pre, positions[None])
-        keys = apply_rope(k_pre[0, 0, idx], kc[0], sc[0])
+        keys = apply_rope(k_pre[0, h, idx], kc[0], sc[0])
         qc, qs = rotary(k_pre, torch.tensor([[len(idx) - 1]]))
         q = apply_rope(q_pre[h], qc[0], qs[0])
         weights = torch.softmax((q @ keys.T) * d**-0.5, -1)
-        torch.testing.assert_close(out[h], weights @ v[0, 0, idx], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[h], weights @ v[0, h, idx], atol=1e-5, rtol=1e-4)
 
 
 def test_trace_never_selects_future_chunks():
@@ -180,14 +183,14 @@ def test_trace_never_selects_future_chunks():
 
 
 def test_each_question_token_votes_for_its_best_chunks_only():
-    """Rank votes: a token adds one vote to each of its `ballot_size` best chunks, and votes add up over the
+    """A token adds one vote to each of its `ballot_size` best chunks, and votes add up over the
     question's tokens, so a chunk several tokens match stays ahead of one a single token liked."""
     assert cfg(votes_per_token=None).ballot_size == cfg().selected_chunks
     assert cfg(votes_per_token=1000).ballot_size == cfg().selected_chunks
     layer = LongHeadsLayer(16)
-    _pool_votes(layer, torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]]), "rank", 2)
+    _pool_votes(layer, torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]]), 2, "head")
     assert layer.votes.tolist() == [[1, 1, 0, 0, 0]]
-    pooled = _pool_votes(layer, torch.tensor([[1.0, 5.0, 0.0, 0.0, 4.0]]), "rank", 2)
+    pooled = _pool_votes(layer, torch.tensor([[1.0, 5.0, 0.0, 0.0, 4.0]]), 2, "head")
     assert layer.votes.tolist() == [[1, 2, 0, 0, 1]]
     assert int(pooled.argmax()) == 1
 
@@ -197,14 +200,14 @@ def test_layer_scope_makes_a_layers_heads_follow_their_pooled_votes():
     """vote_scope="layer": every head ranks chunks by the share of the layer's ballots (all heads, all
     question tokens so far); its own scores only break ties."""
     scores = torch.tensor([[0.0, 5.0, 0.0, 1.0], [0.0, 4.0, 1.0, 0.0], [0.0, 1.0, 0.0, 6.0]])
-    own = _pool_votes(LongHeadsLayer(16), scores, "rank", 1, "head")
+    own = _pool_votes(LongHeadsLayer(16), scores, 1, "head")
     assert own.argmax(1).tolist() == [1, 1, 3]
     layer = LongHeadsLayer(16)
-    pooled = _pool_votes(layer, scores, "rank", 1, "layer")
+    pooled = _pool_votes(layer, scores, 1, "layer")
     assert pooled.argmax(1).tolist() == [1, 1, 1]  # two of three heads voted for chunk 1
     assert layer.votes.tolist() == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]  # each head's own ballots
     # A second token whose three heads all prefer chunk 3 turns the layer to it (4 of 6 ballots).
-    pooled = _pool_votes(layer, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 3), "rank", 1, "layer")
+    pooled = _pool_votes(layer, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 3), 1, "layer")
     assert layer.vote_tokens == 2 and pooled.argmax(1).tolist() == [3, 3, 3]
     with pytest.raises(ConfigError, match="vote_scope"):
         cfg(vote_scope="everyone")
@@ -213,19 +216,20 @@ def test_layer_scope_makes_a_layers_heads_follow_their_pooled_votes():
 def test_model_scope_adds_every_earlier_layers_ballots():
     """vote_scope="model": a head follows its layer's share of ballots plus the share of all ballots cast so
     far in the model (earlier layers, then this layer's tokens up to the current one)."""
-    state = ModelState(config=cfg(), rotary=None, table=None, num_heads=2, num_kv_heads=1)
+    state = SequenceState()  # what the layers of one cache share
     first, second = LongHeadsLayer(16), LongHeadsLayer(16)
+    first.sequence = second.sequence = state
     # Layer 0: both heads vote for chunk 2.
-    _pool_votes(first, torch.tensor([[0.0, 1.0, 5.0], [0.0, 1.0, 5.0]]), "rank", 1, "model", state)
+    _pool_votes(first, torch.tensor([[0.0, 1.0, 5.0], [0.0, 1.0, 5.0]]), 1, "model")
     assert state.tally.tolist() == [0, 0, 2] and state.voters == 2
     # Layer 1's heads split between chunks 0 and 1: each has half the layer's ballots and a quarter of the
     # model's, ahead of chunk 2 (none of the layer's, half of the model's).
-    pooled = _pool_votes(second, torch.tensor([[5.0, 1.0, 0.0], [1.0, 5.0, 0.0]]), "rank", 1, "model", state)
+    pooled = _pool_votes(second, torch.tensor([[5.0, 1.0, 0.0], [1.0, 5.0, 0.0]]), 1, "model")
     assert state.tally.tolist() == [1, 1, 2] and state.voters == 4
     expected = torch.tensor([0.5 + 0.25, 0.5 + 0.25, 0.0 + 0.5]) * 16
     assert torch.allclose(pooled - torch.softmax(torch.tensor([[5.0, 1.0, 0.0], [1.0, 5.0, 0.0]]), -1), expected)
     # A later row with one more chunk keeps the tally's columns aligned.
-    _pool_votes(second, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 2), "rank", 1, "model", state)
+    _pool_votes(second, torch.tensor([[0.0, 0.0, 0.0, 9.0]] * 2), 1, "model")
     assert state.tally.tolist() == [1, 1, 2, 2] and state.voters == 6
 
 
