@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fast
-from .cache import LongHeadsLayer, SequenceState, layer_of
+from .cache import BeamLayerState, LongHeadsLayer, SequenceState, layer_of
 from .config import LongHeadsConfig
 from .rope import PositionTable, apply_rope
 from .selection import (
@@ -49,17 +49,20 @@ def longheads_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                         **kwargs) -> tuple[torch.Tensor, None]:
     state: ModelState = module.longheads_state
-    if query.shape[0] != 1:
-        raise ValueError("LongHeads attention runs one sequence at a time (batch size 1).")
     layer = layer_of(key)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if layer is not None and layer.beams is not None:  # LongHeadsCache.begin_beams: one token per beam
+        return _attend_beams(layer, state, query, scaling).transpose(1, 2), None
+    if query.shape[0] != 1:
+        raise ValueError("LongHeads attention takes one sequence (batch size 1), or the beams of a LongHeadsCache "
+                         "after begin_beams.")
     if layer is None:
         # A cache other than LongHeadsCache (or none): rebuild the layer state from the full key/value.
         layer = LongHeadsLayer(state.config.chunk_size, table=state.table,
                                use_kernels=state.config.backend != "reference")
         layer.sequence = state.uncached
         layer.update(key, value)
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
     if query.shape[2] > 1 and getattr(module, "layer_idx", 0) == 0:
         layer.sequence.tally, layer.sequence.voters = None, 0  # a new prompt (or piece): the tally starts afresh
     if layer.next_layer is not None:  # LongHeadsConfig.offload_keys: overlap the next layer's copy with this one
@@ -114,6 +117,63 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         q_row = query[:, a - start : b - start].float()
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_row, a, chunks, scaling)
     layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
+    return out
+
+
+def batches_beams(cfg: LongHeadsConfig, device: torch.device, head_dim: int) -> bool:
+    """Whether beams decode in one forward call per step (`_attend_beams`, on the PyTorch path); on the Triton
+    path they take turns, one call each."""
+    return cfg.selection == "maxlogit" and not use_fast_path(cfg, device, head_dim)
+
+
+def _attend_beams(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    """query [beams, heads, 1, d]: one token of each beam after the shared prompt -> [beams, heads, 1, d].
+
+    Each beam selects as `_attend` selects for a sequence of its own, with its own votes; the chunks of the shared
+    prompt are scored for every beam in one pass over their keys."""
+    cfg = state.config
+    w, budget = cfg.chunk_size, cfg.attention_length
+    beams, heads, n, d = query.shape
+    if n != 1:
+        raise ValueError("beams take one token each per call")
+    device = query.device
+    total = layer.get_seq_length()
+    pos = total - 1
+    out = torch.empty_like(query)
+    if total <= budget:  # every query reads the whole prefix, as in `_full_attention`
+        cos, sin = state.table.get(device)
+        q = apply_rope(query.float(), cos[pos : pos + 1], sin[pos : pos + 1]).to(query.dtype)
+        starts = chunk_starts(total, w, device)
+        mask = torch.ones(1, total, dtype=torch.bool, device=device)  # as `_full_attention`'s, for the same kernel
+        for b, beam in enumerate(layer.beams):
+            k, v = layer.beam_keys(b, 0, total)
+            k = apply_rope(k.float(), cos[starts], sin[starts]).to(query.dtype)
+            out[b] = F.scaled_dot_product_attention(q[b : b + 1], k[None], v[None], attn_mask=mask, scale=scaling,
+                                                    enable_gqa=heads != k.shape[0])[0]
+            beam.last_selection = _all_chunks(pos, cfg, heads, device)
+        return out
+    current = pos // w
+    shared = min(current, layer.length // w)  # chunks held whole by the shared prompt
+    queries = query[:, :, 0].transpose(0, 1).float()  # [heads, beams, d]: each row one token (row_means)
+    rotation = state.table.rotation(w, device)
+    cos, sin = (t[:w] for t in state.table.get(device))
+    keys = layer.keys_on(device)[0]
+    if keys.device.type == "cpu":  # as `row_scores`: keys turned back to no position once, as they arrived
+        scores = score_maxlogit(queries, layer.position_free_keys(), shared, w, rotation, None, None, score_rows)
+    else:
+        scores = score_maxlogit(queries, keys, shared, w, rotation, cos, sin, score_rows)
+    groups = state.num_heads // state.num_kv_heads
+    layer.wait_stores()
+    for b, beam in enumerate(layer.beams):
+        row = scores[:, b]
+        if current > shared:  # chunks that hold this beam's own tokens; turned back as `position_free_keys` does
+            keys, _ = layer.beam_keys(b, shared * w, current * w)
+            own = score_maxlogit(queries[:, b : b + 1], keys, current - shared, w, rotation, cos, sin, score_rows)
+            row = torch.cat([row, own[:, 0]], -1)
+        row = _pool_votes(beam, row, cfg.ballot_size, cfg.vote_scope)
+        chunks = choose_chunks(row, current, cfg, groups).to(device)
+        out[b, :, :1] = _chunk_attention(layer, state, query[b, :, :1].float(), pos, chunks, scaling, beam=b)
+        beam.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
     return out
 
 
@@ -192,7 +252,7 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     )[0]
 
 
-def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, k: int, scope: str) -> torch.Tensor:
+def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k: int, scope: str) -> torch.Tensor:
     """Pool chunk scores over the question's tokens (and the answer's): each gives one vote to each of its k best
     chunks, so a chunk that any of them matched well stays selected for the tokens that follow; with scope
     "layer", over the layer's heads too, and with "model" over every layer's so far as well (see
@@ -222,9 +282,10 @@ def _pool_votes(layer: LongHeadsLayer, scores: torch.Tensor, k: int, scope: str)
 
 
 def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, pos: int,
-                     chunks: torch.Tensor, scaling: float) -> torch.Tensor:
+                     chunks: torch.Tensor, scaling: float, beam: int | None = None) -> torch.Tensor:
     """Attention of queries q_pre [heads, m, d] (positions pos..pos+m-1, all in one chunk) over the
-    selected chunks [heads, S] laid out at 0..S*w-1, followed by their own chunk up to the last query."""
+    selected chunks [heads, S] laid out at 0..S*w-1, followed by their own chunk up to the last query.
+    With `beam`, tokens past the shared prompt are that beam's (LongHeadsCache.begin_beams)."""
     w = state.config.chunk_size
     heads, m, _ = q_pre.shape
     device, dtype = q_pre.device, layer.keys.dtype
@@ -242,9 +303,16 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
         (rows.to(storage)[:, :, None] * w + torch.arange(w, device=storage)).flatten(1),
         torch.arange(chunk_start, chunk_start + own, device=storage).expand(len(kv), -1),
     ], 1)  # [kv rows, S*w + own]: one gather for the selected chunks and the query's own chunk
-    k = layer.keys[0][kv[:, None], tokens].to(device)
+    k = layer.keys[0][kv[:, None], tokens.clamp(max=layer.length - 1)].to(device)
     values = layer.values[0]
-    v = values[kv[:, None].to(values.device), tokens.to(values.device)].to(device)
+    v = values[kv[:, None].to(values.device), tokens.clamp(max=layer.length - 1).to(values.device)].to(device)
+    if beam is not None and chunk_start + own > layer.length:  # the beam's own tokens, from its tail
+        past = tokens >= layer.length
+        start = int(tokens[past].min())
+        tail_k, tail_v = layer.beam_keys(beam, start, chunk_start + own)
+        rows, at = kv[:, None].expand_as(tokens)[past], (tokens[past] - start)
+        k[past.to(device)] = tail_k[rows.to(device), at.to(device)]
+        v[past.to(device)] = tail_v[rows.to(device), at.to(device)]
     cos, sin = state.table.get(device)
     span = n_sel * w + own
     slot_starts = chunk_starts(span, w, device)  # keys already carry their offset inside the chunk

@@ -1,9 +1,11 @@
 """Beam search over one LongHeads document cache.
 
-LongHeads attends one sequence at a time, so the beams take turns on the same cache: the document's encoding
-is shared, and each beam keeps copies of what its own tokens added (their keys and values, and the votes the
-question and they pooled: `LongHeadsCache.save_tail`), put back before it is extended. With one beam nothing
-is copied, and the search is greedy decoding (or sampling, with a temperature).
+The document's encoding is stored once. On the PyTorch path the beams decode together, one forward call per
+step: each has a tail of its own in the cache for its tokens and the votes its question and they pooled
+(`LongHeadsCache.begin_beams`), and each step says which beam every new one continues. On the Triton path the
+beams take turns on the cache, each keeping copies of what its own tokens added (`LongHeadsCache.save_tail`),
+put back before it is extended. With one beam nothing is copied, and the search is greedy decoding (or
+sampling, with a temperature).
 
 Why beams by default: with greedy decoding the model often starts an answer from the question's words and
 never reaches the fact its heads read ("The day after the ferry ... leaves"), although it scores the right
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import batches_beams
 from .cache import LongHeadsCache, TailState, cache_argument
 from .trace import selection_step
 
@@ -31,7 +34,9 @@ class Beam:
     text: str
     steps: list[torch.Tensor]  # the selection trace: the last prompt token's, then one per token fed back
     logprobs: torch.Tensor | None = None  # of the next token, while the beam is live
-    state: TailState | None = None  # the cache past the prompt after this beam's tokens (several beams only)
+    # Several beams only: where the cache keeps what this beam's tokens added. Taking turns: a copy of the cache
+    # past the prompt; decoding together: the beam's row, and once it has finished, a copy of its base's row.
+    state: TailState | int | tuple | None = None
     scored_tokens: int = 0  # tokens the score sums over
     base: Beam | None = None  # a finished beam: the live beam whose cache state it extends
     pending: int | None = None  # a beam finished by a stop string: its last token, not yet fed to the model
@@ -48,14 +53,21 @@ class BeamSearch:
 
     def __init__(self, model: torch.nn.Module, cache: LongHeadsCache, start: int, logits: torch.Tensor,
                  num_beams: int, stop: list[str], eos: set[int], decode: Callable[[list[int]], str],
-                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None):
+                 max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None):
         self.model, self.cache, self.start, self.num_beams, self.stop = model, cache, start, num_beams, stop
         self.eos, self.decode = eos, decode
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
         text_config = model.config.get_text_config(decoder=True)
-        self._trace_shape = text_config.num_attention_heads, model.longheads.config.slots
+        heads = text_config.num_attention_heads
+        self._trace_shape = heads, model.longheads.config.slots
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+        self.together = num_beams > 1 and batches_beams(model.longheads.config, model.device, head_dim)
         self.first = Beam([], 0.0, "", [self._selection_step()], _logprobs(logits))
-        if num_beams > 1:
+        if self.together:
+            cache.begin_beams(max_new_tokens)
+            self.first.state = 0
+        elif num_beams > 1:
             self.first.state = cache.save_tail(start)
         self.live = [self.first]
         self.done: list[Beam] = []
@@ -68,32 +80,45 @@ class BeamSearch:
         """Extend the beams by one token; False once `num_beams` answers have finished (or none is left)."""
         candidates = [(beam.score + logprob, beam, token) for beam in self.live for token, logprob in self._next(beam)]
         candidates.sort(key=lambda c: -c[0])
-        cache = self.cache
-        self.live = []
+        extended: list[Beam] = []
+        parents: list[Beam] = []
         for score, parent, token in candidates:
-            if len(self.live) == self.num_beams:
+            if len(extended) == self.num_beams:
                 break
             n = len(parent.tokens) + 1
             if token in self.eos:
-                self.done.append(Beam(parent.tokens, score, parent.text, parent.steps, scored_tokens=n, base=parent))
+                self._finish(Beam(parent.tokens, score, parent.text, parent.steps, scored_tokens=n, base=parent))
                 continue
             tokens = parent.tokens + [token]
             text = self.decode(tokens)
             cut = min((text.find(s) for s in self.stop if s in text), default=-1)
             if cut >= 0:
-                self.done.append(Beam(tokens, score, text[:cut], parent.steps, scored_tokens=n, base=parent,
-                                      pending=token))
+                self._finish(Beam(tokens, score, text[:cut], parent.steps, scored_tokens=n, base=parent,
+                                  pending=token))
                 continue
+            extended.append(Beam(tokens, score, text, parent.steps, scored_tokens=n))
+            parents.append(parent)
+        self.live = extended
+        if self.together and extended:
+            self.cache.select_beams([parent.state for parent in parents])
+            logits = self._forward([beam.tokens[-1] for beam in extended])
+            for row, beam in enumerate(extended):
+                beam.state, beam.logprobs = row, _logprobs(logits[row])
+                beam.steps = beam.steps + [self._selection_step(row)]
+        for beam, parent in ([] if self.together else zip(extended, parents, strict=True)):
             if parent is not self.loaded:
-                cache.restore_tail(parent.state)
-            logits = self._forward(token)
-            beam = Beam(tokens, score, text, parent.steps + [self._selection_step()], _logprobs(logits),
-                        scored_tokens=n)
+                self.cache.restore_tail(parent.state)
+            beam.logprobs = _logprobs(self._forward([beam.tokens[-1]])[0])
+            beam.steps = beam.steps + [self._selection_step()]
             if self.num_beams > 1:
-                beam.state = cache.save_tail(self.start)
+                beam.state = self.cache.save_tail(self.start)
             self.loaded = beam
-            self.live.append(beam)
         return len(self.done) < self.num_beams and bool(self.live)
+
+    def _finish(self, beam: Beam) -> None:
+        if self.together:  # the base's row moves on with the next step: keep a copy of it
+            beam.state = self.cache.beam_snapshot(beam.base.state)
+        self.done.append(beam)
 
     def _next(self, beam: Beam) -> list[tuple[int, float]]:
         if self.temperature == 0:
@@ -133,21 +158,24 @@ class BeamSearch:
     def settle(self, best: Beam) -> None:
         """Leave the cache holding the prompt and `best`'s tokens, as if it alone had been decoded."""
         base = best.base or best
-        if base is not self.loaded:
+        if self.together:
+            self.cache.end_beams(best.state if best.base else self.cache.beam_snapshot(best.state))
+        elif base is not self.loaded:
             self.cache.restore_tail(base.state)
-            self.loaded = base
+        self.loaded = base
         if best.pending is not None:
-            self._forward(best.pending)
+            self._forward([best.pending])
             best.steps = best.steps + [self._selection_step()]
             best.pending = None
 
-    def _forward(self, token: int) -> torch.Tensor:
-        """Feed one token to the cache; returns its next-token logits."""
-        ids = torch.tensor([[token]], device=self.model.device)
-        return self.model(input_ids=ids, **cache_argument(self.model, self.cache), use_cache=True).logits[0, -1]
+    def _forward(self, tokens: list[int]) -> torch.Tensor:
+        """Feed one token per beam (per sequence, when they take turns) to the cache; returns the next-token
+        logits [len(tokens), vocab]."""
+        ids = torch.tensor(tokens, device=self.model.device)[:, None]
+        return self.model(input_ids=ids, **cache_argument(self.model, self.cache), use_cache=True).logits[:, -1]
 
-    def _selection_step(self) -> torch.Tensor:
-        return selection_step(self.cache, *self._trace_shape)
+    def _selection_step(self, beam: int | None = None) -> torch.Tensor:
+        return selection_step(self.cache, *self._trace_shape, beam)
 
 
 def _logprobs(logits: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import functools
 import inspect
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy
 import torch
@@ -38,6 +38,17 @@ class SequenceState:
     rows: tuple | None = None  # (key, selection.Rows) of the forward call in progress
     tally: torch.Tensor | None = None
     voters: int = 0
+
+
+@dataclass
+class BeamLayerState:
+    """One beam's selection state in one layer: what a LongHeadsLayer holds for its single sequence (the attention
+    function's vote pooling reads these names on either)."""
+
+    sequence: SequenceState
+    votes: torch.Tensor | None = None
+    vote_tokens: int = 0
+    last_selection: torch.Tensor | None = None
 
 
 def layer_of(keys: torch.Tensor) -> LongHeadsLayer | None:
@@ -130,6 +141,12 @@ class LongHeadsLayer(CacheLayerMixin):
         # CPU scoring only: the keys turned back to no position (`position_free_keys`), and how many are valid.
         self._free: torch.Tensor | None = None
         self._free_length = 0
+        # Beams decoded together after a shared prompt (LongHeadsCache.begin_beams): the layer's storage holds the
+        # prompt, and each beam's own tokens go to a tail of its own, [beams, kv_heads, room, d], with their state.
+        self.beams: list[BeamLayerState] | None = None
+        self._tail_k: torch.Tensor | None = None
+        self._tail_v: torch.Tensor | None = None
+        self.tail_length = 0
 
     # --- storage -------------------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -180,6 +197,8 @@ class LongHeadsLayer(CacheLayerMixin):
             raise AttributeError("LongHeadsLayer.values is read-only; use update()")
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.beams is not None:
+            return self._update_tails(key_states, value_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[2]
@@ -190,6 +209,68 @@ class LongHeadsLayer(CacheLayerMixin):
         keys = self.keys
         keys.longheads_layer = self  # see `layer_of`
         return keys, self.values
+
+    def _update_tails(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """Append one token per beam to the beams' tails: keys [beams, kv_heads, n, d] without positions."""
+        if key_states.shape[0] != len(self.beams):
+            raise ValueError(f"{key_states.shape[0]} sequences for {len(self.beams)} beams")
+        n, t = key_states.shape[2], self.tail_length
+        if t + n > self._tail_k.shape[2]:
+            raise ValueError(f"the beams' tails hold {self._tail_k.shape[2]} tokens (LongHeadsCache.begin_beams)")
+        cos, sin = self.table.get(self._tail_k.device)
+        # Rotated at their place inside their chunk, as `_rotate_into` stores the prompt's keys on this path.
+        local = torch.arange(self.length + t, self.length + t + n, device=self._tail_k.device) % self.chunk_size
+        keys = key_states.to(self._tail_k.device).float()
+        self._tail_k[:, :, t : t + n] = apply_rope(keys, cos[local], sin[local])
+        self._tail_v[:, :, t : t + n] = value_states.to(self._tail_v.device)
+        self.tail_length += n
+        key_states.longheads_layer = self  # see `layer_of`
+        return key_states, value_states
+
+    def beam_keys(self, beam: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [kv_heads, end - start, d] of tokens start..end-1 of one beam, on the layer's device: the
+        shared prompt's, then its tail's."""
+        self.wait_stores()
+        prompt = self.length
+        parts = [(self.keys[0, :, start : min(end, prompt)], self.values[0, :, start : min(end, prompt)])]
+        if end > prompt:
+            a = max(start, prompt) - prompt
+            parts.append((self._tail_k[beam, :, a : end - prompt], self._tail_v[beam, :, a : end - prompt]))
+        return (torch.cat([k.to(self.device) for k, _ in parts], 1),
+                torch.cat([v.to(self.device) for _, v in parts], 1))
+
+    def begin_beams(self, room: int, sequence: SequenceState) -> None:
+        self.wait_stores()
+        _, kv, _, d = self._k.shape
+        self._tail_k = torch.empty(1, kv, room, d, dtype=self._k.dtype, device=self.device)
+        self._tail_v = torch.empty(1, kv, room, d, dtype=self._v.dtype, device=self.device)
+        self.tail_length = 0
+        self.beams = [BeamLayerState(sequence, self.votes, self.vote_tokens, self.last_selection)]
+
+    def select_beams(self, parents: torch.Tensor, sequences: list[SequenceState]) -> None:
+        """Beam i continues beam parents[i]: its tail and state (replaced, never changed in place, by later calls,
+        so several children may share a parent's)."""
+        self._tail_k = self._tail_k.index_select(0, parents.to(self._tail_k.device))
+        self._tail_v = self._tail_v.index_select(0, parents.to(self._tail_v.device))
+        self.beams = [replace(self.beams[p], sequence=seq) for p, seq in zip(parents.tolist(), sequences, strict=True)]
+
+    def beam_snapshot(self, beam: int) -> tuple:
+        t = self.tail_length
+        return self._tail_k[beam, :, :t].clone(), self._tail_v[beam, :, :t].clone(), replace(self.beams[beam])
+
+    def end_beams(self, snapshot: tuple) -> None:
+        """Hold the prompt and one beam's tokens (a `beam_snapshot`) as a single sequence again."""
+        keys, values, beam = snapshot
+        n = keys.shape[1]
+        self._grow(self.length + n)
+        self.wait_stores()
+        self._k[0, :, self.length : self.length + n] = keys.to(self._k.device)
+        self._v[0, :, self.length : self.length + n] = values.to(self._v.device)
+        self.length += n
+        self._device_keys = self._prefetched = None
+        self.votes, self.vote_tokens, self.last_selection = beam.votes, beam.vote_tokens, beam.last_selection
+        self.beams = self._tail_k = self._tail_v = None
+        self.tail_length = 0
 
     def keys_on(self, device: torch.device) -> torch.Tensor:
         """The keys [1, kv_heads, tokens, d] on `device`. Offloaded keys are copied there once per attention
@@ -291,10 +372,10 @@ class LongHeadsLayer(CacheLayerMixin):
         dst[:, start : start + n].copy_(apply_rope(keys.float(), cos[local], sin[local]))
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self.length + self.tail_length
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
+        return self.get_seq_length() + query_length, 0
 
     def get_max_length(self) -> int:
         return -1
@@ -306,6 +387,9 @@ class LongHeadsLayer(CacheLayerMixin):
             # The representation of a half-kept chunk needs queries we no longer have.
             raise ValueError(f"LongHeadsLayer.crop({max_length}) must keep a multiple of chunk_size")
         self.length = keep
+        # Beams left undecided (a stream closed while they ran) are dropped with the tokens past `keep`.
+        self.beams = self._tail_k = self._tail_v = None
+        self.tail_length = 0
         self._free_length = min(self._free_length, keep)
         self._device_keys = self._prefetched = None  # copies of keys that may no longer be these
         if self.reps is not None:
@@ -314,6 +398,8 @@ class LongHeadsLayer(CacheLayerMixin):
             self.pending_queries = self.pending_queries[:, :0]
 
     def reset(self) -> None:
+        self.beams = self._tail_k = self._tail_v = None
+        self.tail_length = 0
         self.length = 0
         self._free_length = 0
         self._device_keys = self._prefetched = None
@@ -321,7 +407,8 @@ class LongHeadsLayer(CacheLayerMixin):
         self.pending_queries = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("LongHeads runs one sequence at a time: LongHeadsModel runs beams one by one")
+        raise NotImplementedError("LongHeadsCache reorders beams with select_beams (LongHeadsModel's own search), "
+                                  "not through transformers' generate")
 
     def save_tail(self, start: int) -> tuple:
         """Copies of the tokens from `start` on and the question's pooled votes (see `LongHeadsCache.save_tail`)."""
@@ -414,6 +501,7 @@ class LongHeadsCache(Cache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def crop(self, max_length: int) -> None:
+        self.beam_sequences = None
         for layer in self.layers:
             layer.crop(max_length)
 
@@ -429,6 +517,32 @@ class LongHeadsCache(Cache):
         for layer, part in zip(self.layers, saved.layers, strict=True):
             layer.restore_tail(saved.start, part)
         self.sequence.tally, self.sequence.voters = saved.tally, saved.voters
+
+    def begin_beams(self, room: int) -> None:
+        """Decode several beams after the prompt this cache holds, in one forward call per step: the prompt is
+        stored once and each beam's tokens (at most `room`) in a tail of its own. One beam to start with; each
+        step's `select_beams` says which beam every new one continues."""
+        self.beam_sequences = [replace(self.sequence)]
+        for layer in self.layers:
+            layer.begin_beams(room, self.beam_sequences[0])
+
+    def select_beams(self, parents: list[int]) -> None:
+        self.beam_sequences = [replace(self.beam_sequences[p]) for p in parents]
+        index = torch.tensor(parents, dtype=torch.long)
+        for layer in self.layers:
+            layer.select_beams(index, self.beam_sequences)
+
+    def beam_snapshot(self, beam: int) -> tuple:
+        """One beam's tokens and state, for `end_beams` after later steps have moved the beams on."""
+        return [layer.beam_snapshot(beam) for layer in self.layers], replace(self.beam_sequences[beam])
+
+    def end_beams(self, snapshot: tuple) -> None:
+        """Hold the prompt and the snapshot's beam as one sequence, as if it alone had been decoded."""
+        layers, sequence = snapshot
+        for layer, part in zip(self.layers, layers, strict=True):
+            layer.end_beams(part)
+        self.sequence.tally, self.sequence.voters = sequence.tally, sequence.voters
+        self.beam_sequences = None
 
     def capacity(self) -> int:
         """Tokens every layer has storage for (0 before the first update)."""

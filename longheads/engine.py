@@ -246,7 +246,7 @@ class LongHeadsModel:
             logits, reused = self._prefill(ids, None, budget)
             t1 = time.perf_counter()
             search = BeamSearch(self.model, self._encoded.cache, len(ids), logits, num_beams, stop, self._eos,
-                                self._decode, temperature, top_p, generator)
+                                self._decode, budget, temperature, top_p, generator)
             best = search.first
             try:
                 with torch.inference_mode():

@@ -9,12 +9,13 @@ import torch
 from .cache import LongHeadsCache
 
 
-def selection_step(cache: LongHeadsCache, num_heads: int, slots: int) -> torch.Tensor:
+def selection_step(cache: LongHeadsCache, num_heads: int, slots: int, beam: int | None = None) -> torch.Tensor:
     """int32 [layers, heads, slots]: the chunks the last query of the latest call read, per layer and head
-    (-1 for a layer that has not attended yet); one step of `SelectionTrace.selections`."""
+    (-1 for a layer that has not attended yet); one step of `SelectionTrace.selections`. With `beam`, that
+    beam's (LongHeadsCache.begin_beams)."""
     rows = []
     for layer in cache.layers:
-        sel = layer.last_selection
+        sel = layer.last_selection if beam is None else layer.beams[beam].last_selection
         if sel is None:
             sel = torch.full((num_heads, slots), -1, dtype=torch.long)
         rows.append(sel[:, :slots].to("cpu", torch.int32))

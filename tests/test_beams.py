@@ -1,4 +1,9 @@
-"""Beam search takes turns on one cache: it must answer exactly as beams decoded on caches of their own."""
+"""Beam search over one cache: it must answer as beams decoded on caches of their own would.
+
+Beams that take turns (the Triton path's search) must match those exactly. Beams decoded together (the PyTorch
+path's) run one batched forward call per step, whose matrix products round differently from one sequence's in the
+last bits; where no two chunks tie, they must select the same chunks and give the same logits to float32
+rounding."""
 
 from __future__ import annotations
 
@@ -15,6 +20,12 @@ from longheads.trace import selection_step
 
 STOP = "e"  # a common letter: some beams end on it, others at the token budget
 PROMPT = " ".join(f"line {i}: the {i % 7}th of {i % 5} keys" for i in range(60))  # ~700 tokens: beyond 256
+
+
+@pytest.fixture
+def in_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beams take turns on the cache, as on the Triton path, also where they could be decoded together."""
+    monkeypatch.setattr(longheads.beams, "batches_beams", lambda *args: False)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +94,8 @@ def replayed_search(lh: LongHeadsModel, prompt: str, beams: int, max_new_tokens:
 
 
 @pytest.mark.parametrize(("beams", "stop"), [(1, STOP), (3, STOP), (3, None)])
-def test_beams_answer_as_if_each_had_its_own_cache(tiny: LongHeadsModel, beams: int, stop: str | None) -> None:
+def test_beams_answer_as_if_each_had_its_own_cache(tiny: LongHeadsModel, beams: int, stop: str | None,
+                                                  in_turns: None) -> None:
     want_tokens, want, selections = replayed_search(tiny, PROMPT, beams, max_new_tokens=10, stop=stop)
     stops = [stop] if stop else None
     got = tiny.generate(PROMPT, max_new_tokens=10, stop=stops, num_beams=beams)
@@ -133,10 +145,57 @@ def test_bad_beam_settings_are_refused(tiny: LongHeadsModel, kwargs: dict, messa
         tiny.generate(PROMPT, max_new_tokens=4, **kwargs)
 
 
-def test_default_is_beams_beyond_the_attention_length_and_greedy_within(tiny: LongHeadsModel) -> None:
+def test_default_is_beams_beyond_the_attention_length_and_greedy_within(tiny: LongHeadsModel, in_turns: None) -> None:
     short = PROMPT[:200]
     assert tiny.count_tokens(short) < tiny.config.attention_length < tiny.count_tokens(PROMPT)
     for prompt, default in ((PROMPT, 4), (short, 1)):
         beams, greedy = (replayed_search(tiny, prompt, n, 8, stop=None)[1] for n in (4, 1))
         assert beams != greedy  # without a stop string the beams' answers differ from greedy decoding's here
         assert tiny.generate(prompt, max_new_tokens=8) == (beams if default == 4 else greedy)
+
+
+def test_beams_decoded_together_select_and_score_as_each_alone(tiny: LongHeadsModel) -> None:
+    """The cache's beams after one shared prompt (begin_beams, select_beams, end_beams) against each beam's tokens
+    fed to a copy of the prompt's cache. Distinct prompt tokens: in the first layer a key depends on its token
+    alone, so a repeated token would tie two chunks exactly, and float32 rounding could break the tie either way."""
+    model, shape = tiny.model, (tiny.num_heads, tiny.config.slots)
+    ids = torch.randperm(len(tiny.tokenizer), generator=torch.Generator().manual_seed(2))[:700][None]
+    cache = longheads.LongHeadsCache(model)
+    steps = [[11, 12, 13], [21, 22, 23], [31, 32, 33], [41, 42, 43]] * 5  # 20 steps: the beams cross a chunk
+    parents = [[0, 0, 0], [2, 0, 1], [0, 0, 2], [1, 2, 2]] * 5
+    with torch.inference_mode():
+        encode_pieces(model, cache, ids)
+        prompt = copy.deepcopy(cache)
+        cache.begin_beams(len(steps))
+        paths = [[]]
+        for tokens, rows in zip(steps, parents, strict=True):
+            cache.select_beams(rows)
+            paths = [paths[r] + [t] for r, t in zip(rows, tokens, strict=True)]
+            logits = model(input_ids=torch.tensor(tokens)[:, None], **longheads.cache_argument(model, cache)).logits
+        for beam, path in enumerate(paths):
+            alone = copy.deepcopy(prompt)
+            for t in path:
+                want = model(input_ids=torch.tensor([[t]]), **longheads.cache_argument(model, alone)).logits[0, -1]
+            assert torch.equal(selection_step(cache, *shape, beam), selection_step(alone, *shape))
+            torch.testing.assert_close(logits[beam, -1], want, rtol=0, atol=1e-5)
+        # One beam kept as the cache's single sequence: it goes on as the beam alone would.
+        cache.end_beams(cache.beam_snapshot(1))
+        alone = copy.deepcopy(prompt)
+        for t in paths[1] + [7]:
+            want = model(input_ids=torch.tensor([[t]]), **longheads.cache_argument(model, alone)).logits[0, -1]
+        got = model(input_ids=torch.tensor([[7]]), **longheads.cache_argument(model, cache)).logits[0, -1]
+        assert cache.get_seq_length() == alone.get_seq_length() == 700 + len(steps) + 1
+        assert torch.equal(selection_step(cache, *shape), selection_step(alone, *shape))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_beams_decoded_together_leave_the_winner_in_the_cache(tiny: LongHeadsModel) -> None:
+    assert longheads.beams.batches_beams(tiny.config, tiny.device, 16)  # the PyTorch path decodes them together
+    first = tiny.answer(PROMPT, max_new_tokens=10, stop=[STOP], num_beams=3)
+    # The cache holds the prompt and the winner's tokens (a stop string's last token included), one sequence again.
+    held = first.usage["prompt_tokens"] + first.usage["completion_tokens"]
+    assert len(tiny._encoded.ids) == tiny._encoded.cache.get_seq_length() == held
+    assert all(layer.beams is None for layer in tiny._encoded.cache.layers)
+    again = tiny.answer(PROMPT, max_new_tokens=10, stop=[STOP], num_beams=3)
+    assert again.text == first.text and again.usage["cached_tokens"] > 0
+    assert torch.equal(again.trace.selections, first.trace.selections)
