@@ -115,7 +115,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
             row = _pool_votes(layer, row, cfg.ballot_size, cfg.vote_scope)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         q_row = query[:, a - start : b - start].float()
-        out[:, a - start : b - start] = _chunk_attention(layer, state, q_row, a, chunks, scaling)
+        out[:, a - start : b - start] = _chunk_attention(layer, state, q_row[None], a, chunks[None], scaling)[0]
     layer.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
     return out
 
@@ -164,17 +164,20 @@ def _attend_beams(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor,
         scores = score_maxlogit(queries, keys, shared, w, rotation, cos, sin, score_rows)
     groups = state.num_heads // state.num_kv_heads
     layer.wait_stores()
+    pooled = []
     for b, beam in enumerate(layer.beams):
         row = scores[:, b]
         if current > shared:  # chunks that hold this beam's own tokens; turned back as `position_free_keys` does
             keys, _ = layer.beam_keys(b, shared * w, current * w)
             own = score_maxlogit(queries[:, b : b + 1], keys, current - shared, w, rotation, cos, sin, score_rows)
             row = torch.cat([row, own[:, 0]], -1)
-        row = _pool_votes(beam, row, cfg.ballot_size, cfg.vote_scope)
-        chunks = choose_chunks(row, current, cfg, groups).to(device)
-        out[b, :, :1] = _chunk_attention(layer, state, query[b, :, :1].float(), pos, chunks, scaling, beam=b)
-        beam.last_selection = torch.cat([chunks, torch.full_like(chunks[:, :1], current)], dim=1)
-    return out
+        pooled.append(_pool_votes(beam, row, cfg.ballot_size, cfg.vote_scope))
+    # Every beam's heads at once: each row selects alone, and a KV group's rows stay next to each other.
+    chunks = choose_chunks(torch.cat(pooled), current, cfg, groups).to(device).view(beams, heads, -1)
+    out = _chunk_attention(layer, state, query.float(), pos, chunks, scaling, beams=True)
+    for beam, picked in zip(layer.beams, chunks, strict=True):
+        beam.last_selection = torch.cat([picked, torch.full_like(picked[:, :1], current)], dim=1)
+    return out.to(query.dtype)
 
 
 def _call_rows(sequence: SequenceState, w: int, start: int, first: int, per_token_from: int, total: int) -> Rows:
@@ -282,37 +285,39 @@ def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k:
 
 
 def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, pos: int,
-                     chunks: torch.Tensor, scaling: float, beam: int | None = None) -> torch.Tensor:
-    """Attention of queries q_pre [heads, m, d] (positions pos..pos+m-1, all in one chunk) over the
-    selected chunks [heads, S] laid out at 0..S*w-1, followed by their own chunk up to the last query.
-    With `beam`, tokens past the shared prompt are that beam's (LongHeadsCache.begin_beams)."""
+                     chunks: torch.Tensor, scaling: float, beams: bool = False) -> torch.Tensor:
+    """Attention of queries q_pre [B, heads, m, d] (positions pos..pos+m-1, all in one chunk) over the
+    selected chunks [B, heads, S] laid out at 0..S*w-1, followed by their own chunk up to the last query.
+    B is 1, or with `beams` the cache's beams, whose tokens past the shared prompt are each beam's own
+    (LongHeadsCache.begin_beams)."""
     w = state.config.chunk_size
-    heads, m, _ = q_pre.shape
+    n_seq, heads, m, _ = q_pre.shape
     device, dtype = q_pre.device, layer.keys.dtype
-    n_sel = chunks.shape[1]
+    n_sel = chunks.shape[2]
     chunk_start = (pos // w) * w
     own = pos + m - chunk_start  # tokens of the current chunk visible to the last query
     storage = layer.keys.device
     groups = state.num_heads // state.num_kv_heads
     if groups > 1:
         # Heads of a group read the same chunks: gather each KV head once and let SDPA share it (GQA).
-        kv, rows = torch.arange(state.num_kv_heads, device=storage), chunks[::groups]
+        kv, rows = torch.arange(state.num_kv_heads, device=storage), chunks[:, ::groups]
     else:
         kv, rows = _kv_index(state, storage), chunks
     tokens = torch.cat([
-        (rows.to(storage)[:, :, None] * w + torch.arange(w, device=storage)).flatten(1),
-        torch.arange(chunk_start, chunk_start + own, device=storage).expand(len(kv), -1),
-    ], 1)  # [kv rows, S*w + own]: one gather for the selected chunks and the query's own chunk
-    k = layer.keys[0][kv[:, None], tokens.clamp(max=layer.length - 1)].to(device)
+        (rows.to(storage)[..., None] * w + torch.arange(w, device=storage)).flatten(2),
+        torch.arange(chunk_start, chunk_start + own, device=storage).expand(n_seq, len(kv), -1),
+    ], 2)  # [B, kv rows, S*w + own]: one gather for the selected chunks and the query's own chunk
+    kv_of = kv[None, :, None].expand_as(tokens)
+    prompt = tokens.clamp(max=layer.length - 1)
+    k = layer.keys[0][kv_of, prompt].to(device)
     values = layer.values[0]
-    v = values[kv[:, None].to(values.device), tokens.clamp(max=layer.length - 1).to(values.device)].to(device)
-    if beam is not None and chunk_start + own > layer.length:  # the beam's own tokens, from its tail
-        past = tokens >= layer.length
-        start = int(tokens[past].min())
-        tail_k, tail_v = layer.beam_keys(beam, start, chunk_start + own)
-        rows, at = kv[:, None].expand_as(tokens)[past], (tokens[past] - start)
-        k[past.to(device)] = tail_k[rows.to(device), at.to(device)]
-        v[past.to(device)] = tail_v[rows.to(device), at.to(device)]
+    v = values[kv_of.to(values.device), prompt.to(values.device)].to(device)
+    if beams and chunk_start + own > layer.length:  # each beam's own tokens, from its tail
+        past = (tokens >= layer.length).to(device)
+        beam_of = torch.arange(n_seq, device=device)[:, None, None].expand_as(past)[past]
+        at = (tokens.to(device) - layer.length)[past]
+        k[past] = layer._tail_k[beam_of, kv_of.to(device)[past], at].to(k.dtype)
+        v[past] = layer._tail_v[beam_of, kv_of.to(device)[past], at].to(v.dtype)
     cos, sin = state.table.get(device)
     span = n_sel * w + own
     slot_starts = chunk_starts(span, w, device)  # keys already carry their offset inside the chunk
@@ -321,8 +326,7 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     q = apply_rope(q_pre, cos[q_at : q_at + m], sin[q_at : q_at + m]).to(dtype)
     key_pos = torch.arange(span, device=device)
     mask = key_pos[None] <= torch.arange(q_at, q_at + m, device=device)[:, None]
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling,
-                                          enable_gqa=len(kv) != heads)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=len(kv) != heads)
 
 
 def chunk_starts(n: int, w: int, device: torch.device) -> torch.Tensor:

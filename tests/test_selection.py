@@ -150,7 +150,7 @@ def test_selected_chunks_are_laid_out_within_the_attention_length():
     chunks = torch.tensor([[0, 3, 17, 30, 41, 48, 49], [0, 5, 6, 7, 20, 48, 49]])
     q_pre = torch.randn(heads, 1, d)
     pos = total - 1
-    out = _chunk_attention(layer, state, q_pre, pos, chunks, scaling=d**-0.5)
+    out = _chunk_attention(layer, state, q_pre[None], pos, chunks[None], scaling=d**-0.5)[0]
 
     for h in range(heads):
         idx = torch.cat([torch.arange(c * w, (c + 1) * w) for c in chunks[h].tolist()] + [torch.arange(50 * w, total)])
