@@ -154,15 +154,35 @@ def test_default_is_beams_beyond_the_attention_length_and_greedy_within(tiny: Lo
         assert tiny.generate(prompt, max_new_tokens=8) == (beams if default == 4 else greedy)
 
 
-def test_beams_decoded_together_select_and_score_as_each_alone(tiny: LongHeadsModel) -> None:
+@pytest.mark.parametrize("device,offload", [
+    ("cpu", False),
+    pytest.param("cuda", False, marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="needs a CUDA device")]),
+    pytest.param("cuda", True, marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                           reason="needs a CUDA device")]),
+])
+def test_beams_decoded_together_select_and_score_as_each_alone(device: str, offload: bool) -> None:
     """The cache's beams after one shared prompt (begin_beams, select_beams, end_beams) against each beam's tokens
-    fed to a copy of the prompt's cache. Distinct prompt tokens: in the first layer a key depends on its token
-    alone, so a repeated token would tie two chunks exactly, and float32 rounding could break the tie either way."""
-    model, shape = tiny.model, (tiny.num_heads, tiny.config.slots)
-    ids = torch.randperm(len(tiny.tokenizer), generator=torch.Generator().manual_seed(2))[:700][None]
+    fed to a copy of the prompt's cache, on the PyTorch path. Distinct prompt tokens: in the first layer a key
+    depends on its token alone, so a repeated token would tie two chunks exactly, and float32 rounding could break
+    the tie either way."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=512)).eval().to(device)
+    config = longheads.LongHeadsConfig(chunk_size=16, attention_length=256, tail_tokens=8, backend="reference",
+                                       cpu_offload=offload)
+    longheads.enable(model, config)
+    shape = (4, config.slots)
+    ids = torch.randperm(2000, generator=torch.Generator().manual_seed(2))[:700][None].to(device)
     cache = longheads.LongHeadsCache(model)
     steps = [[11, 12, 13], [21, 22, 23], [31, 32, 33], [41, 42, 43]] * 5  # 20 steps: the beams cross a chunk
     parents = [[0, 0, 0], [2, 0, 1], [0, 0, 2], [1, 2, 2]] * 5
+
+    def feed(cache, tokens: list[list[int]]) -> torch.Tensor:
+        ids = torch.tensor(tokens, device=device)
+        return model(input_ids=ids, **longheads.cache_argument(model, cache)).logits[:, -1]
+
     with torch.inference_mode():
         encode_pieces(model, cache, ids)
         prompt = copy.deepcopy(cache)
@@ -171,19 +191,19 @@ def test_beams_decoded_together_select_and_score_as_each_alone(tiny: LongHeadsMo
         for tokens, rows in zip(steps, parents, strict=True):
             cache.select_beams(rows)
             paths = [paths[r] + [t] for r, t in zip(rows, tokens, strict=True)]
-            logits = model(input_ids=torch.tensor(tokens)[:, None], **longheads.cache_argument(model, cache)).logits
+            logits = feed(cache, [[t] for t in tokens])
         for beam, path in enumerate(paths):
             alone = copy.deepcopy(prompt)
             for t in path:
-                want = model(input_ids=torch.tensor([[t]]), **longheads.cache_argument(model, alone)).logits[0, -1]
+                want = feed(alone, [[t]])[0]
             assert torch.equal(selection_step(cache, *shape, beam), selection_step(alone, *shape))
-            torch.testing.assert_close(logits[beam, -1], want, rtol=0, atol=1e-5)
+            torch.testing.assert_close(logits[beam], want, rtol=0, atol=1e-5)
         # One beam kept as the cache's single sequence: it goes on as the beam alone would.
         cache.end_beams(cache.beam_snapshot(1))
         alone = copy.deepcopy(prompt)
         for t in paths[1] + [7]:
-            want = model(input_ids=torch.tensor([[t]]), **longheads.cache_argument(model, alone)).logits[0, -1]
-        got = model(input_ids=torch.tensor([[7]]), **longheads.cache_argument(model, cache)).logits[0, -1]
+            want = feed(alone, [[t]])[0]
+        got = feed(cache, [[7]])[0]
         assert cache.get_seq_length() == alone.get_seq_length() == 700 + len(steps) + 1
         assert torch.equal(selection_step(cache, *shape), selection_step(alone, *shape))
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
