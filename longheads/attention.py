@@ -272,7 +272,8 @@ def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k:
     if scope == "model":
         sequence = layer.sequence
         # Earlier rows may have had more chunks (a question that crosses a chunk boundary): keep them all.
-        prev = sequence.tally if sequence.tally is not None else own.new_zeros(0)
+        # The tally moves with the layers (a model spread over several devices by device_map).
+        prev = sequence.tally.to(own.device) if sequence.tally is not None else own.new_zeros(0)
         tally = own.new_zeros(max(len(prev), own.shape[1]))
         tally[: len(prev)] += prev
         tally[: own.shape[1]] += own.sum(0)

@@ -320,11 +320,17 @@ class LongHeadsModel:
 
 
 def load(model: str | None = None, *, config: LongHeadsConfig | None = None, device: str | None = None,
-         dtype: str | torch.dtype | None = None) -> LongHeadsModel:
-    """Load a model by hub id, local path or GGUF file (default: the embedded SmolLM2-135M-Instruct)."""
+         dtype: str | torch.dtype | None = None, device_map: str | dict | None = None,
+         offload_folder: str | None = None) -> LongHeadsModel:
+    """Load a model by hub id, local path or GGUF file (default: the embedded SmolLM2-135M-Instruct).
+
+    `device_map` ("auto", or module names to devices) spreads a model that outgrows one GPU over several (and the
+    CPU or disk, `offload_folder`) through transformers and accelerate; each cache layer then lives on its
+    layer's device."""
     config = config or LongHeadsConfig()
     device = resolve_device(device)
-    lm, tokenizer, name = load_model_and_tokenizer(model, device, resolve_dtype(dtype, device))
+    lm, tokenizer, name = load_model_and_tokenizer(model, device, resolve_dtype(dtype, device), device_map,
+                                                   offload_folder)
     return LongHeadsModel(lm, tokenizer, config, name)
 
 

@@ -64,7 +64,7 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, k: int, current: torch.Ten
         sequence = layer.sequence
         tally = own.sum(0).cumsum(0)  # [m, C]: this layer's ballots up to each row
         if sequence.tally is not None:
-            tally[:, : sequence.tally.shape[0]] += sequence.tally[:n_chunks]
+            tally[:, : sequence.tally.shape[0]] += sequence.tally[:n_chunks].to(tally.device)  # see _pool_votes
         voters = sequence.voters + heads * torch.arange(1, m + 1, device=raw.device, dtype=raw.dtype)
         sequence.tally, sequence.voters = tally[-1], sequence.voters + heads * m
         ballots = ballots + tally / voters[:, None]

@@ -134,10 +134,10 @@ def save_converted(lm, tokenizer, target: Path, source: dict) -> bool:
         return False
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):
+def _from_pretrained(source: str, dtype: torch.dtype, model_kwargs: dict | None = None, **kwargs):
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
     lm = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", **kwargs
+        source, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa", **kwargs, **(model_kwargs or {})
     )
     return lm, tokenizer
 
@@ -162,8 +162,11 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return lm, tokenizer
 
 
-def load_model_and_tokenizer(model: str | None, device: str, dtype: torch.dtype):
-    """Returns (model, tokenizer, display name). Never runs remote code."""
+def load_model_and_tokenizer(model: str | None, device: str, dtype: torch.dtype, device_map: str | dict | None = None,
+                             offload_folder: str | None = None):
+    """Returns (model, tokenizer, display name). Never runs remote code. With `device_map` (transformers'
+    `from_pretrained` argument: "auto", or module names to devices) the layers are placed by accelerate, over
+    several GPUs, the CPU or disk (`offload_folder`), and `device` is not used."""
     path = None
     if model is None:
         path, name = default_gguf_path(), DEFAULT_MODEL_NAME
@@ -174,8 +177,11 @@ def load_model_and_tokenizer(model: str | None, device: str, dtype: torch.dtype)
         name = path.stem
     else:
         name = Path(str(model)).name or str(model)
+    placed = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder}
+    if placed and path is not None:
+        raise ModelLoadError("device_map needs a model directory or hub id: a GGUF file is loaded whole (device=...)")
     try:
-        lm, tokenizer = _load_gguf(path, dtype) if path is not None else _from_pretrained(str(model), dtype)
+        lm, tokenizer = _load_gguf(path, dtype) if path is not None else _from_pretrained(str(model), dtype, placed)
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HF hub errors)
         raise ModelLoadError(f"Could not load model {model or name!r}: {exc}") from exc
-    return lm.to(device).eval(), tokenizer, name
+    return (lm if placed else lm.to(device)).eval(), tokenizer, name

@@ -1,4 +1,5 @@
-"""The embedded GGUF model's converted checkpoint: kept on disk, read back as the same model, never trusted blindly."""
+"""Loading: the embedded GGUF model's converted checkpoint (kept on disk, read back as the same model, never trusted
+blindly), and models placed over devices by device_map."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+import longheads
 from longheads.loading import (
     cache_root,
     converted_gguf_dir,
@@ -87,3 +89,34 @@ def test_cache_folder_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("LONGHEADS_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_root() == tmp_path / "longheads"
+
+
+def test_a_model_placed_by_device_map_answers_as_the_model_loaded_whole(tmp_path, engine):
+    """device_map places the layers through transformers and accelerate: here the second decoder layer is offloaded to
+    disk, and accelerate's hooks bring its weights in at every call. Beyond the attention length it must answer, and
+    select, as the model loaded whole."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(engine.tokenizer), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=512)).save_pretrained(tmp_path / "model")
+    engine.tokenizer.save_pretrained(tmp_path / "model")
+
+    def load(**placement) -> longheads.LongHeadsModel:
+        config = longheads.LongHeadsConfig(chunk_size=16, attention_length=256, tail_tokens=8)
+        return longheads.load(str(tmp_path / "model"), config=config, device="cpu", dtype="float32", **placement)
+
+    whole = load()
+    placed = load(device_map={"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                              "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"},
+                  offload_folder=str(tmp_path / "offload"))
+    assert placed.model.model.layers[1].self_attn.q_proj.weight.device.type == "meta"  # on disk until a call
+    prompt = " ".join(f"line {i}: the {i % 7}th of {i % 5} keys" for i in range(60))  # beyond 256 tokens
+    want, got = (lh.answer(prompt, max_new_tokens=6, num_beams=3) for lh in (whole, placed))
+    assert got.text == want.text and torch.equal(got.trace.selections, want.trace.selections)
+
+
+def test_device_map_needs_a_model_directory():
+    with pytest.raises(longheads.ModelLoadError, match="device_map needs a model directory"):
+        longheads.load(device_map="auto")  # the embedded GGUF
