@@ -21,6 +21,7 @@ from .selection import (
     CONSENSUS_WEIGHT,
     Rows,
     choose_chunks,
+    head_sum,
     paper_representation,
     row_means,
     score_maxlogit,
@@ -37,8 +38,9 @@ class ModelState:
     config: LongHeadsConfig
     rotary: torch.nn.Module
     table: PositionTable
-    num_heads: int
+    num_heads: int  # this rank's, under tensor parallelism
     num_kv_heads: int
+    ranks: int = 1  # tensor-parallel ranks the heads are sharded over
     # Only for calls without a LongHeadsCache, whose layers are rebuilt at every call: a LongHeadsCache holds
     # its own sequence's state, so that several caches (engines, questions) can share one model.
     uncached: SequenceState = field(default_factory=SequenceState)
@@ -112,7 +114,7 @@ def _attend(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor, scali
         current = a // w
         row = scores[:, r, :current]
         if r >= rows.n_blocks:
-            row = _pool_votes(layer, row, cfg.ballot_size, cfg.vote_scope)
+            row = _pool_votes(layer, row, cfg.ballot_size, cfg.vote_scope, state.ranks)
         chunks = choose_chunks(row, current, cfg, groups).to(device)
         q_row = query[:, a - start : b - start].float()
         out[:, a - start : b - start] = _chunk_attention(layer, state, q_row[None], a, chunks[None], scaling)[0]
@@ -171,7 +173,7 @@ def _attend_beams(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor,
             keys, _ = layer.beam_keys(b, shared * w, current * w)
             own = score_maxlogit(queries[:, b : b + 1], keys, current - shared, w, rotation, cos, sin, score_rows)
             row = torch.cat([row, own[:, 0]], -1)
-        pooled.append(_pool_votes(beam, row, cfg.ballot_size, cfg.vote_scope))
+        pooled.append(_pool_votes(beam, row, cfg.ballot_size, cfg.vote_scope, state.ranks))
     # Every beam's heads at once: each row selects alone, and a KV group's rows stay next to each other.
     chunks = choose_chunks(torch.cat(pooled), current, cfg, groups).to(device).view(beams, heads, -1)
     out = _chunk_attention(layer, state, query.float(), pos, chunks, scaling, beams=True)
@@ -255,7 +257,8 @@ def _full_attention(layer: LongHeadsLayer, state: ModelState, q_rot: torch.Tenso
     )[0]
 
 
-def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k: int, scope: str) -> torch.Tensor:
+def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k: int, scope: str,
+                ranks: int = 1) -> torch.Tensor:
     """Pool chunk scores over the question's tokens (and the answer's): each gives one vote to each of its k best
     chunks, so a chunk that any of them matched well stays selected for the tokens that follow; with scope
     "layer", over the layer's heads too, and with "model" over every layer's so far as well (see
@@ -267,8 +270,9 @@ def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k:
     if previous is not None:
         ballot[:, : previous.shape[1]] += previous
     layer.votes = ballot
+    heads = scores.shape[0] * ranks  # every rank's, under tensor parallelism (selection.head_sum)
     if scope != "head":
-        ballot = ballot.mean(0, keepdim=True) / layer.vote_tokens
+        ballot = head_sum(ballot, ranks) / heads / layer.vote_tokens
     if scope == "model":
         sequence = layer.sequence
         # Earlier rows may have had more chunks (a question that crosses a chunk boundary): keep them all.
@@ -276,8 +280,8 @@ def _pool_votes(layer: LongHeadsLayer | BeamLayerState, scores: torch.Tensor, k:
         prev = sequence.tally.to(own.device) if sequence.tally is not None else own.new_zeros(0)
         tally = own.new_zeros(max(len(prev), own.shape[1]))
         tally[: len(prev)] += prev
-        tally[: own.shape[1]] += own.sum(0)
-        sequence.tally, sequence.voters = tally, sequence.voters + scores.shape[0]
+        tally[: own.shape[1]] += head_sum(own, ranks)[0]
+        sequence.tally, sequence.voters = tally, sequence.voters + heads
         ballot = ballot + tally[: own.shape[1]] / sequence.voters
     if scope != "head":
         ballot = ballot * CONSENSUS_WEIGHT

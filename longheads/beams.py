@@ -60,7 +60,7 @@ class BeamSearch:
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
         text_config = model.config.get_text_config(decoder=True)
         heads = text_config.num_attention_heads
-        self._trace_shape = heads, model.longheads.config.slots
+        self._trace_shape = model.longheads.num_heads, model.longheads.config.slots  # this rank's heads
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
         self.together = num_beams > 1 and batches_beams(model.longheads.config, model.device, head_dim)
         self.first = Beam([], 0.0, "", [self._selection_step()], _logprobs(logits))

@@ -103,7 +103,7 @@ class LongHeadsModel:
         self._encoded: _Encoded | None = None
         text_config = model.config.get_text_config(decoder=True)
         self.num_layers = text_config.num_hidden_layers
-        self.num_heads = text_config.num_attention_heads
+        self.num_heads = self.model.longheads.num_heads  # this rank's, under tensor parallelism
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self._eos = {t for t in eos + [tokenizer.eos_token_id] if t is not None}

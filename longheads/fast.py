@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .selection import CONSENSUS_WEIGHT, Rows, top_indices
+from .selection import CONSENSUS_WEIGHT, Rows, head_sum, top_indices
 
 
 def supports(chunk_size: int, head_dim: int) -> bool:
@@ -40,7 +40,7 @@ def chunk_maxlogit(queries: torch.Tensor, keys: torch.Tensor, n_chunks: int, chu
 
 
 def _pool(layer, scores: torch.Tensor, n_blocks: int, k: int, current: torch.Tensor, last_current: int,
-          scope: str) -> torch.Tensor:
+          scope: str, ranks: int = 1) -> torch.Tensor:
     """The reference's `_pool_votes` for all tail rows (rows n_blocks..) at once: votes accumulate over the
     tail in order, as a cumulative sum."""
     idx = slice(n_blocks, None)
@@ -57,12 +57,13 @@ def _pool(layer, scores: torch.Tensor, n_blocks: int, k: int, current: torch.Ten
     own = torch.zeros_like(raw).scatter_(2, top, 1.0)
     ballots = own.cumsum(1) + base[:, None]
     last = ballots[:, -1]
+    heads *= ranks  # every rank's, under tensor parallelism (selection.head_sum)
     if scope != "head":
         tokens = torch.arange(done + 1, done + m + 1, device=raw.device, dtype=raw.dtype)
-        ballots = ballots.mean(0, keepdim=True) / tokens[:, None]
+        ballots = head_sum(ballots, ranks) / heads / tokens[:, None]
     if scope == "model":
         sequence = layer.sequence
-        tally = own.sum(0).cumsum(0)  # [m, C]: this layer's ballots up to each row
+        tally = head_sum(own, ranks)[0].cumsum(0)  # [m, C]: this layer's ballots up to each row
         if sequence.tally is not None:
             tally[:, : sequence.tally.shape[0]] += sequence.tally[:n_chunks].to(tally.device)  # see _pool_votes
         voters = sequence.voters + heads * torch.arange(1, m + 1, device=raw.device, dtype=raw.dtype)
@@ -136,7 +137,7 @@ def attend_rows(layer, state, q_pre: torch.Tensor, start: int, rows: Rows, score
     if n_blocks < n_rows:  # the question's tokens pool their votes
         valid = _layout(rows, cfg, n_chunks, device, "valid")
         scores = _pool(layer, torch.where(valid, scores, float("-inf")), n_blocks, cfg.ballot_size, current,
-                       n_chunks, cfg.vote_scope)
+                       n_chunks, cfg.vote_scope, state.ranks)
     sel = _choose(scores, rows, cfg, groups).to(torch.int32).contiguous()
     layer.last_selection = torch.cat([sel[:, -1].long(), current[-1].expand(heads, 1)], 1)
 

@@ -92,8 +92,11 @@ def enable(model: PreTrainedModel, config: LongHeadsConfig | None = None) -> Pre
 
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    # Under tensor parallelism (from_pretrained(tp_plan=...)) each rank's attention holds its share of the heads.
+    ranks = getattr(model, "tp_size", None) or 1
     table = PositionTable(rotary, config.attention_length + config.chunk_size + 1)
-    state = ModelState(config=config, rotary=rotary, table=table, num_heads=heads, num_kv_heads=kv_heads)
+    state = ModelState(config=config, rotary=rotary, table=table, num_heads=heads // ranks,
+                       num_kv_heads=kv_heads // ranks, ranks=ranks)
     for module in attention_modules:
         module.longheads_state = state
     parent, _, attr = rotary_name.rpartition(".")

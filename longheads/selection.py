@@ -169,3 +169,12 @@ def choose_chunks(scores: torch.Tensor, current: int, config: LongHeadsConfig, g
     top = top_indices(cand, k) + lo
     chosen = torch.cat([fixed.expand(heads, -1), top], dim=-1)
     return chosen.sort(dim=-1).values
+
+
+def head_sum(values: torch.Tensor, ranks: int) -> torch.Tensor:
+    """values summed over a layer's heads (dim 0, kept), those of every tensor-parallel rank included (one
+    all-reduce). Votes are counts, so the sum is exact in any order: every rank pools what one process would."""
+    total = values.sum(0, keepdim=True)
+    if ranks > 1:
+        torch.distributed.all_reduce(total)
+    return total
