@@ -157,13 +157,9 @@ def _attend_beams(layer: LongHeadsLayer, state: ModelState, query: torch.Tensor,
     current = pos // w
     shared = min(current, layer.length // w)  # chunks held whole by the shared prompt
     queries = query[:, :, 0].transpose(0, 1).float()  # [heads, beams, d]: each row one token (row_means)
+    scores = chunk_scores(layer, state, queries, shared, device)
     rotation = state.table.rotation(w, device)
     cos, sin = (t[:w] for t in state.table.get(device))
-    keys = layer.keys_on(device)[0]
-    if keys.device.type == "cpu":  # as `row_scores`: keys turned back to no position once, as they arrived
-        scores = score_maxlogit(queries, layer.position_free_keys(), shared, w, rotation, None, None, score_rows)
-    else:
-        scores = score_maxlogit(queries, keys, shared, w, rotation, cos, sin, score_rows)
     groups = state.num_heads // state.num_kv_heads
     layer.wait_stores()
     pooled = []
@@ -201,8 +197,15 @@ def row_scores(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tensor, st
     n_chunks = int(rows.starts[-1]) // cfg.chunk_size  # rows ascend: the last row's own chunk is the largest
     if cfg.selection == "paper":
         return torch.einsum("hrd,hcd->hrc", queries.to(layer.reps.dtype), layer.reps[:, :n_chunks]).float()
-    keys = layer.keys_on(q_pre.device)[0]
-    w = cfg.chunk_size
+    return chunk_scores(layer, state, queries, n_chunks, q_pre.device, kernels)
+
+
+def chunk_scores(layer: LongHeadsLayer, state: ModelState, queries: torch.Tensor, n_chunks: int,
+                 device: torch.device, kernels: bool = False) -> torch.Tensor:
+    """Best-key scores [heads, rows, n_chunks] of the layer's first n_chunks chunks for float32 queries
+    [heads, rows, d] without positions, the layer's keys read for `device`."""
+    keys = layer.keys_on(device)[0]
+    w = state.config.chunk_size
     # Every key sits one chunk before the query: a fixed distance, so the score is RoPE-consistent.
     rotation = state.table.rotation(w, keys.device)
     if not kernels and keys.device.type == "cpu":
@@ -320,9 +323,7 @@ def _chunk_attention(layer: LongHeadsLayer, state: ModelState, q_pre: torch.Tens
     if beams and chunk_start + own > layer.length:  # each beam's own tokens, from its tail
         past = (tokens >= layer.length).to(device)
         beam_of = torch.arange(n_seq, device=device)[:, None, None].expand_as(past)[past]
-        at = (tokens.to(device) - layer.length)[past]
-        k[past] = layer._tail_k[beam_of, kv_of.to(device)[past], at].to(k.dtype)
-        v[past] = layer._tail_v[beam_of, kv_of.to(device)[past], at].to(v.dtype)
+        k[past], v[past] = layer.tail_entries(beam_of, kv_of.to(device)[past], tokens.to(device)[past])
     cos, sin = state.table.get(device)
     span = n_sel * w + own
     slot_starts = chunk_starts(span, w, device)  # keys already carry their offset inside the chunk

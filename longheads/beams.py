@@ -99,20 +99,22 @@ class BeamSearch:
             extended.append(Beam(tokens, score, text, parent.steps, scored_tokens=n))
             parents.append(parent)
         self.live = extended
-        if self.together and extended:
-            self.cache.select_beams([parent.state for parent in parents])
-            logits = self._forward([beam.tokens[-1] for beam in extended])
-            for row, beam in enumerate(extended):
-                beam.state, beam.logprobs = row, _logprobs(logits[row])
-                beam.steps = beam.steps + [self._selection_step(row)]
-        for beam, parent in ([] if self.together else zip(extended, parents, strict=True)):
-            if parent is not self.loaded:
-                self.cache.restore_tail(parent.state)
-            beam.logprobs = _logprobs(self._forward([beam.tokens[-1]])[0])
-            beam.steps = beam.steps + [self._selection_step()]
-            if self.num_beams > 1:
-                beam.state = self.cache.save_tail(self.start)
-            self.loaded = beam
+        if self.together:
+            if extended:
+                self.cache.select_beams([parent.state for parent in parents])
+                logits = self._forward([beam.tokens[-1] for beam in extended])
+                for row, beam in enumerate(extended):
+                    beam.state, beam.logprobs = row, _logprobs(logits[row])
+                    beam.steps = beam.steps + [self._selection_step(row)]
+        else:
+            for beam, parent in zip(extended, parents, strict=True):
+                if parent is not self.loaded:
+                    self.cache.restore_tail(parent.state)
+                beam.logprobs = _logprobs(self._forward([beam.tokens[-1]])[0])
+                beam.steps = beam.steps + [self._selection_step()]
+                if self.num_beams > 1:
+                    beam.state = self.cache.save_tail(self.start)
+                self.loaded = beam
         return len(self.done) < self.num_beams and bool(self.live)
 
     def _finish(self, beam: Beam) -> None:

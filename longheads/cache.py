@@ -239,6 +239,13 @@ class LongHeadsLayer(CacheLayerMixin):
         return (torch.cat([k.to(self.device) for k, _ in parts], 1),
                 torch.cat([v.to(self.device) for _, v in parts], 1))
 
+    def tail_entries(self, beams: torch.Tensor, kv_heads: torch.Tensor, tokens: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [n, d] of the tail tokens (positions past the prompt) tokens[i] of beams[i], KV head
+        kv_heads[i]."""
+        at = tokens - self.length
+        return self._tail_k[beams, kv_heads, at], self._tail_v[beams, kv_heads, at]
+
     def begin_beams(self, room: int, sequence: SequenceState) -> None:
         self.wait_stores()
         _, kv, _, d = self._k.shape
@@ -478,6 +485,7 @@ class LongHeadsCache(Cache):
         ]
         super().__init__(layers=layers)
         self.sequence = SequenceState()
+        self.beam_sequences: list[SequenceState] | None = None  # one per beam, after begin_beams
         for layer in layers:
             layer.sequence = self.sequence
         if cfg.offload_keys:  # each layer starts the next one's keys on their way to the GPU
